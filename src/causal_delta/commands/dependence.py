@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run"]
 
 HELP = "correlations, bootstrap CIs, conditioning and threshold sweeps of JVP responses"
 DESCRIPTION = (
@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantiles", type=_floats, default=[1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05],
                         help="kept fractions of the sweep")
     parser.add_argument("--out", type=str, default="runs/dependence", help="output directory")
+
+
+def outputs(args: argparse.Namespace):
+    """The output folder ``--out``, locked while the run lasts."""
+    from ._common import Output
+
+    return [Output(args.out)]
 
 
 def _heatmap(corr, names, path, title):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "parse_features"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "parse_features"]
 
 HELP = "JVP responses of a trained flow (pixels or classifier logits) to random latent probes"
 DESCRIPTION = (
@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
     parser.add_argument("--save-samples", action="store_true", help="also store x0 and f(x0) in the npz")
     parser.add_argument("--out", type=str, default="runs/jvp", help="output directory")
+
+
+def outputs(args: argparse.Namespace):
+    """The output folder ``--out``, locked while the run lasts."""
+    from ._common import Output
+
+    return [Output(args.out)]
 
 
 def parse_features(spec: str, event_shape: tuple[int, ...]) -> list[int]:

@@ -18,7 +18,7 @@ DESCRIPTION = (
     "summary.md into --out. Runs in seconds on a CPU."
 )
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "generated the point, or K drawn from the responsibilities")
     parser.add_argument("--quick", action="store_true", help="small run (300 points per time)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def outputs(args: argparse.Namespace):
+    """The output folder ``--out``, locked while the run lasts."""
+    from ._common import Output
+
+    return [Output(args.out)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ DESCRIPTION = (
 
 EXPERIMENT_NAMES = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes")
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "build_config"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "build_config"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +115,19 @@ def build_config(name: str, args: argparse.Namespace):
     return dataclasses.replace(config, **changes) if changes else config
 
 
+def _root(args: argparse.Namespace) -> Path:
+    if args.experiment == "all":
+        return Path(args.out or "runs/reproduce")
+    return Path(args.out or f"runs/reproduce/{args.experiment}")
+
+
+def outputs(args: argparse.Namespace):
+    """The output folder (``--out`` or its default), locked while the run lasts."""
+    from ._common import Output
+
+    return [Output(_root(args))]
+
+
 def _headline(report: dict) -> str:
     head = report.get("results", {}).get("headline", {})
     parts = []
@@ -138,13 +151,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     names = [n for n in EXPERIMENT_NAMES] if args.experiment == "all" else [args.experiment]
+    root = _root(args)
     if args.experiment == "all":
-        root = Path(args.out or "runs/reproduce")
         unknown = [o for o in args.overrides if "=" not in o]
         if unknown:
             raise ValueError(f"--set expects KEY=VALUE, got {unknown[0]!r}")
-    else:
-        root = Path(args.out or f"runs/reproduce/{args.experiment}")
     index: dict[str, dict] = {}
     t_start = time.perf_counter()
     for name in names:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["HELP", "add_arguments", "outputs", "run"]
 
 HELP = "generate samples from a checkpoint (.npy, optional PNG)"
 
@@ -21,6 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid-png", dest="png", help=argparse.SUPPRESS)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def outputs(args: argparse.Namespace):
+    """The samples file ``--out`` and the optional ``--png``, each locked while the run lasts."""
+    from ._common import Output
+
+    return [Output(args.out, kind="file"), Output(args.png, kind="file", arg="--png")]
 
 
 def _write_png(samples, path) -> None:

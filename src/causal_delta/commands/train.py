@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["HELP", "add_arguments", "outputs", "run"]
 
 HELP = "train a flow-matching model (checkpoints with exact resume)"
 
@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resume from the latest checkpoint in --out, or from PATH")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def outputs(args: argparse.Namespace):
+    """The run folder ``--out``, locked for the whole run (``--resume`` included)."""
+    from ._common import Output
+
+    return [Output(args.out)]
 
 
 def _json_arg(name: str, text: str) -> dict:
