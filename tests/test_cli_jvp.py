@@ -30,13 +30,16 @@ def test_jvp_then_dependence(checkpoints, tmp_path, capsys):
     flow_dir, _ = checkpoints
     out = tmp_path / "jvp"
     rc = cli.main(["jvp", "--checkpoint", str(flow_dir), "-n", "40", "--probes", "2", "--features", "0,1:1,3",
-                   "--steps", "4", "--out", str(out)])
+                   "--steps", "4", "--batch-size", "16", "--out", str(out)])
     assert rc == 0
     data = np.load(out / "responses.npz")
     assert data["responses"].shape == (80, 3)
     assert data["features"].tolist() == [0, 3, 3]
     rep = json.loads((out / "report.json").read_text())
-    assert rep["solver"] == {"method": "rk4", "steps": 4, "nfe": 16} and rep["n_responses"] == 80
+    # rk4 x 4 steps = 16 evaluations per solve, whatever the batching; 3 batches of <= 16 samples
+    solver = {k: rep["solver"][k] for k in ("method", "steps", "nfe", "nfe_total", "batches")}
+    assert solver == {"method": "rk4", "steps": 4, "nfe": 16, "nfe_total": 48, "batches": 3}
+    assert rep["n_responses"] == 80
 
     dep = tmp_path / "dep"
     rc = cli.main(["dependence", "--responses", str(out / "responses.npz"), "--n-boot", "50",

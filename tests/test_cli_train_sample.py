@@ -23,7 +23,7 @@ def test_train_then_sample(tmp_path, capsys):
     assert main(["train", "--data", "gaussian", "--steps", "8", "--batch-size", "16", "--out", str(run),
                  "--model-args", '{"hidden": 16, "depth": 2}', "--checkpoint-every", "3",
                  "--ema", "0.9", "--no-progress", "--resume", "--device", "cpu"]) == 0
-    assert "trained 8 steps" in capsys.readouterr().out
+    assert "trained 2 more steps to step 8" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

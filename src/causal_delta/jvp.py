@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._compat import load_forward_ad
 from ._validation import check_positive_int
 from .solvers import METHODS, Velocity, dopri5_grid, integrate, time_grid
 
@@ -203,9 +204,11 @@ class GeneratorJVP:
         jvp: ``J_f(x0) z``, shape of the probes — ``(B, *event)`` or ``(B, P, *event)``.
             Units: derivative along ``z`` (not multiplied by ε).
         grid: time points used, ``(N + 1,)``.
-        nfe: velocity evaluations, each counted once per (sub)batch call.
+        nfe: velocity evaluations of one solve (one batch through the grid, plus the dopri5
+            grid search when there was one); forward mode counts a primal + tangent call as one.
         mode: ``"forward"``, ``"fd"`` or ``"central"``.
         eps: finite-difference step (``None`` for forward mode).
+        nfe_total: velocity calls of all chunks together (``nfe`` when there is one chunk).
     """
 
     x: Tensor | None
@@ -214,6 +217,11 @@ class GeneratorJVP:
     nfe: int
     mode: str
     eps: float | None = None
+    nfe_total: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nfe_total is None:
+            self.nfe_total = self.nfe
 
 
 def _resolve_grid(velocity: Velocity, x0: Tensor, method: str, steps: int, grid: Tensor | None,
@@ -402,10 +410,12 @@ def jvp_forward(
     z = z.to(dtype=x0.dtype, device=x0.device)
     B = x0.shape[0]
     event = tuple(x0.shape[1:])
-    grid, nfe = _resolve_grid(velocity, x0, method, steps, grid, atol, rtol)
+    grid, nfe_grid = _resolve_grid(velocity, x0, method, steps, grid, atol, rtol)
     zf = z.reshape(B, P, *event)
     chunk = B if chunk_size is None else chunk_size
     xs, dxs = [], []
+    nfe = nfe_total = nfe_grid
+    load_forward_ad()
     with torch.no_grad():
         for s in range(0, B, chunk):
             xc = x0[s: s + chunk]
@@ -415,9 +425,10 @@ def jvp_forward(
             sol = integrate(aug, torch.cat([xc, dxc]), method=method, grid=grid)
             xs.append(sol.x[:b])
             dxs.append(sol.x[b:])
-            nfe += sol.nfe
+            nfe = nfe_grid + sol.nfe  # the same grid for every chunk: one solve's count
+            nfe_total += sol.nfe
     return GeneratorJVP(x=torch.cat(xs), jvp=torch.cat(dxs).reshape(z.shape), grid=grid, nfe=nfe,
-                        mode="forward", eps=None)
+                        mode="forward", eps=None, nfe_total=nfe_total)
 
 
 def generator_jvp(
@@ -497,6 +508,7 @@ def _readout_jvp(readout: Readout | nn.Module) -> Callable[[Tensor, Tensor], tup
     fj = getattr(readout, "forward_jvp", None)
     if fj is not None:
         return fj
+    load_forward_ad()
     return lambda x, dx: torch.func.jvp(readout, (x,), (dx,))
 
 
@@ -531,10 +543,13 @@ class AttributeJVP:
         samples: generated ``f(x0)``, ``(n, *event)`` (``None`` for central differences).
         outputs: read-out at the samples ``C(f(x0))``, ``(n, m)`` (``None`` for central differences).
         grid: solver time grid ``(N + 1,)``.
-        nfe: velocity evaluations (per batch call).
+        nfe: velocity evaluations of one solve (one batch through the grid, plus the dopri5
+            grid search when there was one), whatever the number of batches; forward mode
+            counts a primal + tangent call as one.
         mode: ``"forward"``, ``"fd"`` or ``"central"``.
         eps: finite-difference step or ``None``.
         method: solver method.
+        nfe_total: velocity calls of all batches together (``nfe`` for one batch).
     """
 
     responses: Tensor
@@ -548,6 +563,11 @@ class AttributeJVP:
     eps: float | None = None
     method: str = "rk4"
     meta: dict = field(default_factory=dict)
+    nfe_total: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nfe_total is None:
+            self.nfe_total = self.nfe
 
     @property
     def sample_index(self) -> Tensor:
@@ -596,7 +616,8 @@ def attribute_jvp(
     n = x0.shape[0]
     event = tuple(x0.shape[1:])
     probes = probes.to(dtype=x0.dtype, device=x0.device).reshape(n, P, *event)
-    grid_, nfe = _resolve_grid(velocity, x0, method, steps, grid, 1e-6, 1e-6)
+    grid_, nfe_grid = _resolve_grid(velocity, x0, method, steps, grid, 1e-6, 1e-6)
+    nfe = nfe_total = nfe_grid
     resp, samples, outputs = [], [], []
     used_eps = None
     if mode != "forward":
@@ -627,7 +648,9 @@ def attribute_jvp(
                 else:
                     dy = (readout(fp) - readout(fm)) / (2.0 * used_eps)
             resp.append(dy.reshape(b * P, -1))
-        nfe += g.nfe if mode == "forward" else nfe_b
+        nfe_batch = g.nfe if mode == "forward" else nfe_b  # the grid is given: no search inside
+        nfe = nfe_grid + nfe_batch
+        nfe_total += nfe_batch
     return AttributeJVP(
         responses=torch.cat(resp),
         x0=x0,
@@ -639,6 +662,7 @@ def attribute_jvp(
         mode=mode,
         eps=used_eps,
         method=method,
+        nfe_total=nfe_total,
     )
 
 

@@ -13,6 +13,16 @@ stores the weights, the optimiser and EMA state, the generator state (which is t
 loader position: finite data is sampled with replacement), the global RNG state of the
 forked region and the loss history, so a resumed run on the CPU reproduces the losses of an
 uninterrupted run bit for bit.
+
+Resuming with a different total ``steps``: with the constant schedule the run simply goes on
+(bit-exact with an uninterrupted run of the new total). The cosine schedule depends on the
+total, so a different total is refused unless ``extend=True``, which recomputes the schedule
+for the new total from the checkpoint on (the learning rate jumps there; the result matches no
+uninterrupted run). A total below the checkpoint's step is always refused.
+
+Failures keep what was written: a non-finite loss is caught before it reaches the weights and
+raises :class:`TrainingDiverged`; Ctrl-C raises :class:`TrainingInterrupted`; both name the
+step reached and the newest checkpoint on disk, which stays intact (checkpoints are atomic).
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ from torch import Tensor, nn
 from ._validation import check_nonnegative, check_positive_int
 from .paths import PARAMETRIZATIONS, GaussianSource, LinearPath, VelocityField
 
-__all__ = ["T_SAMPLINGS", "LR_SCHEDULES", "TrainConfig", "learning_rate", "TrainResult", "resolve_device", "make_source", "train"]
+__all__ = ["T_SAMPLINGS", "LR_SCHEDULES", "TrainConfig", "learning_rate", "TrainResult", "TrainingDiverged",
+           "TrainingInterrupted", "resolve_device", "make_source", "train"]
 
 T_SAMPLINGS = ("uniform", "logit-normal")
 LR_SCHEDULES = ("constant", "cosine")
@@ -58,7 +69,8 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
         lr_schedule: ``"constant"`` or ``"cosine"`` (decay to 0 at ``steps``); a pure function
-            of the step, so it needs no state (changing ``steps`` on resume changes it).
+            of the step, so it needs no state (so a resume that changes ``steps`` would change
+            it: :func:`train` refuses that unless ``extend=True``).
         warmup_steps: linear warm-up from 0 to ``lr`` over this many steps.
         ema_decay: EMA decay in [0, 1), ``None`` for no EMA. The decay used at step ``k`` is
             ``min(ema_decay, (1 + k) / (10 + k))`` so early weights fade quickly.
@@ -143,6 +155,64 @@ class TrainConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+class _TrainingStopped:
+    """Where a stopped run stands: ``step`` done, newest ``checkpoint`` on disk and its step."""
+
+    def _where(self, step: int, checkpoint: Path | None) -> None:
+        self.step = step
+        self.checkpoint = checkpoint
+        self.checkpoint_step = _checkpoint_step(checkpoint)
+
+    def _checkpoint_text(self) -> str:
+        if self.checkpoint is None:
+            return "no checkpoint has been written (set checkpoint_every to write them during training)"
+        return f"the checkpoint at step {self.checkpoint_step} ({self.checkpoint}) is intact"
+
+
+class TrainingDiverged(_TrainingStopped, FloatingPointError):
+    """The training loss became NaN or infinite; nothing of that step reached the weights.
+
+    Attributes:
+        step: the step whose loss was not finite (``step - 1`` steps completed).
+        loss: the loss value.
+        checkpoint: newest checkpoint on disk (``None`` when none was written), intact.
+        checkpoint_step: its step.
+    """
+
+    def __init__(self, step: int, loss: float, checkpoint: Path | None, config: TrainConfig) -> None:
+        self._where(step, checkpoint)
+        self.loss = loss
+        clip = "off" if config.grad_clip is None else f"{config.grad_clip:g}"
+        super().__init__(f"training loss became {loss} at step {step}; {self._checkpoint_text()}; "
+                         f"try a lower learning rate (lr, now {config.lr:g}) or gradient clipping "
+                         f"(grad_clip, now {clip})")
+
+
+class TrainingInterrupted(_TrainingStopped, KeyboardInterrupt):
+    """Ctrl-C during training.
+
+    Attributes:
+        step: steps completed when the interrupt arrived.
+        checkpoint: newest checkpoint on disk (``None`` when none was written), intact; resuming
+            from it reproduces the uninterrupted run bit for bit on the CPU.
+        checkpoint_step: its step.
+    """
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self._where(step, checkpoint)
+        super().__init__(f"interrupted at step {step}; {self._checkpoint_text()}"
+                         + ("; resume=True continues from it" if checkpoint is not None else ""))
+
+
+def _checkpoint_step(checkpoint: Path | None) -> int | None:
+    if checkpoint is None:
+        return None
+    try:
+        return int(checkpoint.name.rpartition("-")[2])
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -267,18 +337,28 @@ def _find_resume(config: TrainConfig, resume: bool | str | Path) -> Path | None:
     return resolve_checkpoint(resume)
 
 
-def _check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+def _check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path, step: int, extend: bool) -> None:
     current = config.to_dict()
     diff = sorted(k for k in current if k not in _RESUMABLE_CHANGES and current[k] != saved.get(k))
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff)
         raise ValueError(f"resume: config differs from checkpoint {path} in {detail}")
+    if config.steps < step:
+        raise ValueError(f"resume: steps {config.steps} is below the step of checkpoint {path}, {step}; "
+                         f"give steps >= {step}")
+    saved_total = saved.get("steps")
+    if config.lr_schedule == "cosine" and saved_total != config.steps and not extend:
+        raise ValueError(f"resume: steps {config.steps} differs from the run's total of {saved_total} steps "
+                         f"(checkpoint {path}), and the cosine learning-rate schedule depends on the total; "
+                         f"resume with steps {saved_total} to continue exactly, or extend to recompute the "
+                         f"schedule for {config.steps} steps (not bit-exact with any uninterrupted run)")
 
 
 def train(
     config: TrainConfig,
     *,
     resume: bool | str | Path = False,
+    extend: bool = False,
     progress: bool = True,
     callback: Callable[[int, float], Any] | None = None,
 ) -> TrainResult:
@@ -289,7 +369,12 @@ def train(
         resume: ``False`` (start fresh), ``True`` (resume from the latest checkpoint in
             ``config.out_dir``, which must exist), ``"auto"`` (resume if there is one) or a
             checkpoint / run path. Only ``steps``, ``checkpoint_every``, ``keep_checkpoints``,
-            ``out_dir`` and ``device`` may differ from the checkpointed config.
+            ``out_dir`` and ``device`` may differ from the checkpointed config; ``steps`` must
+            be at least the checkpoint's step.
+        extend: allow resuming a cosine-schedule run with a different total ``steps``; the
+            schedule is recomputed for the new total from the checkpoint on (not bit-exact with
+            any uninterrupted run). Without it that resume is refused. The constant schedule
+            needs no flag: a different total continues bit-exactly.
         progress: show a tqdm bar with the running loss.
         callback: ``callback(step, loss)`` after every step (``step`` counts from 1); an
             exception raised there stops training (checkpoints already written stay valid).
@@ -301,8 +386,10 @@ def train(
     Raises:
         ValueError: invalid config, data that does not fit the model, incompatible resume.
         FileNotFoundError: missing data file or checkpoint.
+        TrainingDiverged: a non-finite loss (a ``FloatingPointError``); checkpoints stay intact.
+        TrainingInterrupted: Ctrl-C (a ``KeyboardInterrupt``); checkpoints stay intact.
     """
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from .datasets import load_data_source
 
     config.validate()
@@ -329,7 +416,7 @@ def train(
         last_ckpt: Path | None = None
         if resume_path is not None:
             ckpt = load_checkpoint(resume_path)
-            _check_resumable(config, ckpt.train_config, ckpt.path)
+            _check_resumable(config, ckpt.train_config, ckpt.path, ckpt.step, extend)
             model.load_state_dict(ckpt.model_state)
             optimizer.load_state_dict(ckpt.train_state["optimizer"])
             if ema is not None:
@@ -376,6 +463,9 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(config, step)
                 loss = F.mse_loss(model(batch.x_t, batch.t), batch.target)
+                value = float(loss.detach())
+                if not math.isfinite(value):  # before backward: the weights stay those of the last step
+                    raise TrainingDiverged(step + 1, value, latest_checkpoint(out_dir), config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip is not None:
@@ -390,10 +480,6 @@ def train(
                             else:
                                 ema[k].copy_(v)
                 step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"training loss became {value} at step {step}; "
-                                             f"lower lr or set grad_clip")
                 losses.append(value)
                 if bar is not None:
                     bar.update(1)
@@ -403,6 +489,11 @@ def train(
                     last_ckpt = checkpoint()
                 if callback is not None:
                     callback(step, value)
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            # What --resume would pick up: the newest complete checkpoint on disk.
+            raise TrainingInterrupted(step, latest_checkpoint(out_dir)) from exc
         finally:
             if bar is not None:
                 bar.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "parse_features"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "parse_features", "feature_labels"]
 
 HELP = "JVP responses of a trained flow (pixels or classifier logits) to random latent probes"
 DESCRIPTION = (
@@ -87,6 +87,16 @@ def parse_features(spec: str, event_shape: tuple[int, ...]) -> list[int]:
     return out
 
 
+def feature_labels(features: list[int], event_shape: tuple[int, ...], names=None) -> list[str]:
+    """Report labels of selected features: the table's column names when the training data had a
+    header, ``"x{i}"`` for other tables, ``"pixel {i}"`` (flattened index) for images."""
+    if names is not None and len(event_shape) == 1 and len(names) == event_shape[0]:
+        return [str(names[i]) for i in features]
+    if len(event_shape) == 1:
+        return [f"x{i}" for i in features]
+    return [f"pixel {i}" for i in features]
+
+
 def _load_classifier(path: str, use_ema: bool):
     from ..checkpoint import CheckpointError, load_checkpoint
     from ..models import model_from_config
@@ -139,12 +149,14 @@ def run(args: argparse.Namespace) -> int:
         classifier = classifier.to(dtype)
     else:
         features = parse_features(args.features, event)
-        names = [f"pixel {i}" for i in features]
+        names = feature_labels(features, event, info.get("data", {}).get("feature_names"))
 
+    # Draw in float64 whatever --dtype is, then cast: the same --seed gives the same (x0, z)
+    # pairs (to float32 rounding) in float32 and float64, so runs compare sample by sample.
     gen = torch.Generator().manual_seed(args.seed)
-    x0 = torch.randn(args.n, *event, generator=gen, dtype=dtype)
+    x0 = torch.randn(args.n, *event, generator=gen, dtype=torch.float64).to(dtype)
     z = J.make_probes(args.n, event, probes=args.probes, kind=args.probe_kind,
-                      normalize=not args.no_normalize, generator=gen, dtype=dtype)
+                      normalize=not args.no_normalize, generator=gen, dtype=torch.float64).to(dtype)
     start = time.perf_counter()
     res = J.attribute_jvp(velocity, x0, z, classifier=classifier, features=features, mode=args.method,
                           eps=args.eps, method=args.solver, steps=args.steps, batch_size=args.batch_size)
@@ -175,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         "command": "jvp",
         "config": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"},
         "flow": {k: info[k] for k in ("path", "step", "event_shape", "parametrization", "preset", "used_ema")},
+        "data": info.get("data", {}),
         "classifier": clf_info,
         "units": "J z (derivative along the probe, not multiplied by eps)",
         "n_samples": args.n,
@@ -183,7 +196,11 @@ def run(args: argparse.Namespace) -> int:
         "features": features,
         "names": names,
         "eps": res.eps,
-        "solver": {"method": args.solver, "steps": int(res.grid.numel() - 1), "nfe": res.nfe},
+        "solver": {"method": args.solver, "steps": int(res.grid.numel() - 1), "nfe": res.nfe,
+                   "nfe_total": res.nfe_total, "batches": -(-args.n // args.batch_size),
+                   "nfe_note": "nfe: velocity evaluations per solve (one batch through the grid; "
+                               "forward mode counts a primal+tangent call as one); nfe_total: all "
+                               "batches together"},
         "seconds": elapsed,
         "rms_response": np.sqrt((dy ** 2).mean(0)).tolist(),
         "corr_uncentred": corr,

@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="0 keeps all")
     parser.add_argument("--out", default="runs/train", help="run directory")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
-                        help="resume from the latest checkpoint in --out, or from PATH")
+                        help="resume from the latest checkpoint in --out, or from PATH (bit-exact "
+                             "continuation on the CPU; --steps may grow, never below the checkpoint)")
+    parser.add_argument("--extend", action="store_true",
+                        help="with --resume and --lr-schedule cosine: accept a new --steps total and "
+                             "recompute the schedule for it from the checkpoint on (not bit-exact)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -56,8 +60,20 @@ def _json_arg(name: str, text: str) -> dict:
     return value
 
 
+def _resume_line(args: argparse.Namespace) -> str:
+    """The command line that resumes this run: the same arguments plus ``--resume``."""
+    import shlex
+
+    argv = list(getattr(args, "_argv", None) or [])
+    if not argv:
+        return "causal-delta train ... --resume"
+    if "--resume" not in argv and not any(a.startswith("--resume=") for a in argv):
+        argv.append("--resume")
+    return "causal-delta " + shlex.join(argv)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..training import TrainConfig, train
+    from ..training import TrainConfig, TrainingDiverged, TrainingInterrupted, train
 
     config = TrainConfig(
         data=args.data, data_args=_json_arg("--data-args", args.data_args), source=args.source,
@@ -69,9 +85,32 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         out_dir=args.out, device=args.device,
     )
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    if args.extend and not args.resume:
+        raise ValueError("--extend applies to --resume only")
+    try:
+        result = train(config, resume=args.resume, extend=args.extend, progress=not args.no_progress)
+    except TrainingInterrupted as exc:
+        if exc.checkpoint is None:
+            raise KeyboardInterrupt(f"interrupted at step {exc.step}; no checkpoint was written, so there "
+                                    f"is nothing to resume (--checkpoint-every N writes them)") from exc
+        raise KeyboardInterrupt(f"interrupted at step {exc.step}; the checkpoint at step {exc.checkpoint_step} "
+                                f"is intact ({exc.checkpoint}); resume with: {_resume_line(args)}") from exc
+    except TrainingDiverged as exc:
+        kept = (f"the checkpoint at step {exc.checkpoint_step} is kept ({exc.checkpoint})"
+                if exc.checkpoint is not None else "no checkpoint had been written")
+        clip = f"now {args.grad_clip:g}" if args.grad_clip and args.grad_clip > 0 else "now off"
+        raise FloatingPointError(f"training diverged: loss {exc.loss} at step {exc.step}; {kept}; try a "
+                                 f"lower --lr (now {args.lr:g}) or --grad-clip ({clip})") from exc
     tail = result.losses[-min(50, len(result.losses)):]
-    print(f"trained {result.step} steps on {result.device} in {result.seconds:.1f} s; "
-          f"mean loss of the last {len(tail)} steps {sum(tail) / max(len(tail), 1):.5f}")
+    new = result.step - result.resumed_from
+    if result.resumed_from and new == 0:
+        print(f"nothing to train: the checkpoint is already at step {result.step} (--steps {args.steps})")
+    elif result.resumed_from:
+        print(f"resumed at step {result.resumed_from} and trained {new} more steps to step {result.step} "
+              f"on {result.device} in {result.seconds:.1f} s; mean loss of the last {len(tail)} steps "
+              f"{sum(tail) / max(len(tail), 1):.5f}")
+    else:
+        print(f"trained {result.step} steps on {result.device} in {result.seconds:.1f} s; "
+              f"mean loss of the last {len(tail)} steps {sum(tail) / max(len(tail), 1):.5f}")
     print(f"checkpoint: {result.checkpoint}")
     return 0

@@ -19,6 +19,7 @@ Integer images (e.g. ``uint8``) are scaled to [-1, 1]; float data is used as is.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "register_data_source",
     "available_data_sources",
     "load_data_source",
+    "check_arguments",
 ]
 
 
@@ -64,12 +66,17 @@ class DataSource:
 
 
 class TensorSource(DataSource):
-    """A finite data set held in memory, ``data`` of shape ``(N, *event)``.
+    """A finite data set held in memory, ``data`` of shape ``(N, *event)``, kept as float32.
 
     :meth:`sample` draws indices uniformly with replacement from ``generator``.
+    ``feature_names`` (one per coordinate of a table, or ``None``) label the features in reports.
     """
 
-    def __init__(self, data: Tensor, name: str = "tensor") -> None:
+    cast: str | None = None
+    """``"float64 -> float32"`` when the data was cast to the models' dtype, else ``None``."""
+
+    def __init__(self, data: Tensor, name: str = "tensor", *,
+                 feature_names: tuple[str, ...] | None = None) -> None:
         if not isinstance(data, Tensor):
             data = torch.as_tensor(data)
         if data.ndim < 2 or data.shape[0] < 1:
@@ -81,6 +88,7 @@ class TensorSource(DataSource):
         self.data = data.to(torch.float32).contiguous()
         self.name = name
         self.event_shape = tuple(self.data.shape[1:])
+        self.feature_names = None if feature_names is None else tuple(feature_names)
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -90,7 +98,12 @@ class TensorSource(DataSource):
         return self.data[idx]
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "size": len(self)}
+        out = {**super().describe(), "size": len(self), "dtype": "float32"}
+        if self.cast:
+            out["cast"] = f"{self.cast} (the models' dtype)"
+        if self.feature_names is not None:
+            out["feature_names"] = list(self.feature_names)
+        return out
 
 
 class SamplerSource(DataSource):
@@ -133,17 +146,44 @@ def _resolve(factory: str | Callable[..., DataSource]) -> Callable[..., DataSour
     return getattr(importlib.import_module(module), attr)
 
 
+def check_arguments(factory: Callable[..., Any], kwargs: dict[str, Any], what: str,
+                    skip: tuple[str, ...] = ()) -> None:
+    """Refuse keyword arguments that ``factory`` does not take, listing the ones it does.
+
+    A factory that takes ``**kwargs`` accepts everything (it checks its own); parameters in
+    ``skip`` are filled by the caller and not the user's to give.
+
+    Raises:
+        ValueError: ``"unknown data argument 'rhoo' for data source 'gaussian'; valid: cov, mean, rho, dim"``.
+    """
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    valid = [p.name for p in params if p.name not in skip
+             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for key in kwargs:
+        if key not in valid:
+            raise ValueError(f"unknown data argument {key!r} for {what}; valid: "
+                             f"{', '.join(valid) if valid else '(none)'}")
+
+
 def load_data_source(name: str, **kwargs: Any) -> DataSource:
     """Build the data source ``name`` (a registered name or a path) with its ``kwargs``.
 
     Raises:
         FileNotFoundError: ``name`` looks like a path and does not exist (the message names it).
-        ValueError: unknown name, or data of an unusable shape.
+        ValueError: unknown name, an argument the source does not take (the message lists the
+            valid ones) or of the wrong type, or data of an unusable shape.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"data must be a data-source name or a path, got {name!r}")
     if name in DATA_SOURCES:
-        return _resolve(DATA_SOURCES[name])(**kwargs)
+        factory = _resolve(DATA_SOURCES[name])
+        check_arguments(factory, kwargs, f"data source {name!r}")
+        try:
+            return factory(**kwargs)
+        except TypeError as exc:  # e.g. {"rho": "high"}: a value of the wrong type
+            raise ValueError(f"data source {name!r} with arguments {kwargs}: {exc}") from exc
     path = Path(name).expanduser()
     looks_like_path = path.suffix != "" or "/" in name or "\\" in name or path.exists()
     if not looks_like_path:

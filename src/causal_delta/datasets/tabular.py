@@ -1,14 +1,18 @@
 """User data from files: tables (.npy / .csv) and images (tensor files or image folders).
 
-* ``.npy`` with shape ``(N, d)`` or ``(N,)``, or ``.csv`` (comma separated, an optional header
-  row is skipped): tabular data, event shape ``(d,)``.
+* ``.npy`` with shape ``(N, d)`` or ``(N,)``, or ``.csv`` (comma separated): tabular data,
+  event shape ``(d,)``. A first CSV row in which no cell is a number is a header: it is skipped
+  and its cells become the feature names (``source.feature_names``), which the JVP and
+  dependence reports use. A cell that is not a finite number is refused with its row (the
+  file's line number, header included), column and content; an empty file is refused by name.
 * ``.npy`` / ``.pt`` / ``.pth`` with shape ``(N, C, H, W)`` (a ``.pt`` file holds a tensor, or a
   dict with one of the keys ``data``, ``images``, ``x``): images, event shape ``(C, H, W)``.
 * a directory of ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp`` files (Pillow needed): images,
   all of one size (or resized to ``size``), grayscale when every file is.
 
 Integer data (e.g. ``uint8`` pixels) is scaled to [-1, 1] by ``x / 127.5 - 1``; float data
-is kept as is. ``standardize=True`` rescales tabular columns to mean 0, variance 1 (the
+is kept as is, in float32, the models' dtype: a float64 table is cast, and ``describe()``
+(recorded in every checkpoint and JVP report) says so (``"cast": "float64 -> float32"``). ``standardize=True`` rescales tabular columns to mean 0, variance 1 (the
 scale is recorded in ``source.shift`` / ``source.scale``).
 """
 
@@ -22,7 +26,7 @@ from torch import Tensor
 
 from . import TensorSource
 
-__all__ = ["IMAGE_SUFFIXES", "load_array", "load_path_source", "array_source", "image_folder_source"]
+__all__ = ["IMAGE_SUFFIXES", "load_array", "read_csv", "load_path_source", "array_source", "image_folder_source"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _TENSOR_KEYS = ("data", "images", "x")
@@ -52,12 +56,7 @@ def load_array(path: str | Path) -> Tensor:
             arr = np.load(path, allow_pickle=False)
             return torch.from_numpy(np.ascontiguousarray(arr))
         if suffix == ".csv":
-            arr = np.genfromtxt(path, delimiter=",", dtype=np.float64)
-            if arr.ndim == 1:  # one column, or one row
-                arr = arr.reshape(-1, 1) if _csv_columns(path) == 1 else arr.reshape(1, -1)
-            if arr.size and np.isnan(arr[0]).all():  # header row
-                arr = arr[1:]
-            return torch.from_numpy(np.ascontiguousarray(arr))
+            return torch.from_numpy(read_csv(path)[0])
         if suffix in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
@@ -76,17 +75,75 @@ def load_array(path: str | Path) -> Tensor:
     raise ValueError(f"data file {path} must end in .npy, .csv, .pt or .pth (or be an image folder)")
 
 
-def _csv_columns(path: Path) -> int:
-    with open(path) as fh:
-        for line in fh:
-            if line.strip():
-                return len(line.split(","))
-    return 0
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
-def array_source(data: Tensor | np.ndarray, name: str = "array", *, standardize: bool = False) -> TensorSource:
-    """A :class:`TensorSource` from an array ``(N,)``, ``(N, d)`` or ``(N, C, H, W)``."""
+def read_csv(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
+    """Read a comma-separated table of numbers, ``(N, d)`` float64, and its header names.
+
+    Blank lines are skipped. The first row is a header when none of its cells is a number.
+
+    Returns:
+        ``(table, names)``: ``names`` is ``None`` without a header.
+
+    Raises:
+        ValueError: naming the file, row (line number) and column (with its header name) of a
+            cell that is not a finite number, a row of the wrong length, or an empty file.
+    """
+    import csv
+
+    path = Path(path)
+    rows: list[list[float]] = []
+    names: list[str] | None = None
+    width = None
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        for row in reader:
+            cells = [c.strip() for c in row]
+            if not any(cells):
+                continue
+            if width is None and not any(_is_number(c) for c in cells):
+                names, width = cells, len(cells)
+                continue
+            if width is None:
+                width = len(cells)
+            line = reader.line_num
+            if len(cells) != width:
+                raise ValueError(f"data file {path}: row {line} has {len(cells)} columns, expected {width}")
+            values = []
+            for j, cell in enumerate(cells):
+                label = f" ({names[j]!r})" if names else ""
+                try:
+                    v = float(cell)
+                except ValueError:
+                    raise ValueError(f"data file {path}: row {line}, column {j + 1}{label} could not be read "
+                                     f"as a number: {cell!r}") from None
+                if not np.isfinite(v):
+                    raise ValueError(f"data file {path}: row {line}, column {j + 1}{label} is not a finite "
+                                     f"number: {cell!r}")
+                values.append(v)
+            rows.append(values)
+    if not rows:
+        what = "has a header row but no data rows" if names else "is empty"
+        raise ValueError(f"data file {path} {what}")
+    return np.asarray(rows, dtype=np.float64), names
+
+
+def array_source(data: Tensor | np.ndarray, name: str = "array", *, standardize: bool = False,
+                 feature_names: list[str] | tuple[str, ...] | None = None) -> TensorSource:
+    """A :class:`TensorSource` from an array ``(N,)``, ``(N, d)`` or ``(N, C, H, W)``.
+
+    Args:
+        standardize: rescale table columns to mean 0, variance 1.
+        feature_names: one name per column of a table (e.g. a CSV header).
+    """
     data = torch.as_tensor(data)
+    given_dtype = data.dtype
     if data.ndim == 1:
         data = data.reshape(-1, 1)
     if data.ndim not in (2, 4):
@@ -102,8 +159,15 @@ def array_source(data: Tensor | np.ndarray, name: str = "array", *, standardize:
         shift = data.mean(0)
         scale = data.std(0).clamp_min(1e-12) if data.shape[0] > 1 else torch.ones(data.shape[1])
         data = (data - shift) / scale
-    source = TensorSource(data, name=name)
+    if feature_names is not None:
+        feature_names = tuple(str(n) for n in feature_names)
+        if data.ndim != 2 or len(feature_names) != data.shape[1]:
+            raise ValueError(f"data {name}: {len(feature_names)} feature names for data of shape "
+                             f"{tuple(data.shape)}; expected one per column")
+    source = TensorSource(data, name=name, feature_names=feature_names)
     source.shift, source.scale = shift, scale
+    if given_dtype.is_floating_point and given_dtype != source.data.dtype:
+        source.cast = f"{str(given_dtype).removeprefix('torch.')} -> {str(source.data.dtype).removeprefix('torch.')}"
     return source
 
 
@@ -155,9 +219,16 @@ def image_folder_source(path: str | Path, *, size: int | tuple[int, int] | None 
 
 def load_path_source(path: str | Path, **kwargs) -> TensorSource:
     """Data source from a file or an image folder (see the module docstring)."""
+    from . import check_arguments
+
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     if path.is_dir():
+        check_arguments(image_folder_source, kwargs, f"image folder {path}")
         return image_folder_source(path, **kwargs)
+    check_arguments(array_source, kwargs, f"data file {path}", skip=("data", "name", "feature_names"))
+    if path.suffix.lower() == ".csv":
+        table, names = read_csv(path)
+        return array_source(table, name=str(path), feature_names=names, **kwargs)
     return array_source(load_array(path), name=str(path), **kwargs)
