@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,54 @@ def test_learning_rate_schedule():
     cfg = TrainConfig(lr=1.0, steps=10, warmup_steps=2, lr_schedule="cosine")
     assert learning_rate(cfg, 0) == 0.5 and learning_rate(cfg, 1) == 1.0
     assert learning_rate(cfg, 2) == 1.0 and learning_rate(cfg, 10) == pytest.approx(0.0)
+
+
+def test_resume_with_a_new_total(tmp_path):
+    # Constant schedule: nothing depends on the total, so 4 -> 8 continues bit-exactly.
+    full = train(_small(tmp_path / "full", steps=8), progress=False)
+    train(_small(tmp_path / "part", steps=4), progress=False)
+    more = train(_small(tmp_path / "part", steps=8), resume=True, progress=False)
+    assert more.resumed_from == 4 and more.losses == full.losses
+    # Cosine: the schedule depends on the total; a new total is refused, naming both ...
+    cos = _small(tmp_path / "cos", steps=4, lr_schedule="cosine")
+    train(cos, progress=False)
+    with pytest.raises(ValueError, match=r"steps 8 differs from the run's total of 4 steps.*extend=True"):
+        train(_small(tmp_path / "cos", steps=8, lr_schedule="cosine"), resume=True, progress=False)
+    # ... unless extended: from step 4 on the learning rate follows the schedule of 8 steps.
+    seen = []
+    ext = _small(tmp_path / "cos", steps=8, lr_schedule="cosine")
+    res = train(ext, resume=True, extend=True, progress=False, callback=lambda step, loss: seen.append(step))
+    assert res.step == 8 and seen == [5, 6, 7, 8]
+    from causal_delta.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "cos")
+    assert ckpt.train_config["steps"] == 8  # the new total is the run's total from now on
+    assert ckpt.train_state["optimizer"]["param_groups"][0]["lr"] == learning_rate(ext, 7) > 0
+    assert learning_rate(cos, 7) == 0.0  # the 4-step schedule had ended
+    # A total below the checkpoint's step is refused whatever the schedule, naming both.
+    with pytest.raises(ValueError, match=r"steps 3 is below the checkpoint's step 8"):
+        train(_small(tmp_path / "cos", steps=3, lr_schedule="cosine"), resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_before_the_weights_and_names_the_checkpoint(tmp_path):
+    from causal_delta.checkpoint import load_checkpoint
+    from causal_delta.training import TrainingDiverged
+
+    cfg = _small(tmp_path, lr=1e4, grad_clip=None, steps=30, checkpoint_every=2)
+    with pytest.raises(TrainingDiverged, match=r"at step 3; the checkpoint at step 2 .* is intact") as info:
+        train(cfg, progress=False)
+    assert isinstance(info.value, FloatingPointError)
+    assert info.value.step == 3 and info.value.checkpoint_step == 2 and not math.isfinite(info.value.loss)
+    assert load_checkpoint(tmp_path).step == 2
+
+
+def test_ctrl_c_in_the_loop_names_the_intact_checkpoint(tmp_path):
+    from causal_delta.training import TrainingInterrupted
+
+    def ctrl_c_at_7(step, loss):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at step 7; the checkpoint at step 5") as info:
+        train(_small(tmp_path, checkpoint_every=5), progress=False, callback=ctrl_c_at_7)
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.checkpoint.name == "step-00000005"

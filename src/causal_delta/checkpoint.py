@@ -11,7 +11,8 @@ Layout of a run directory ``out_dir``::
 
 A checkpoint directory is written under a temporary name and renamed into place only when
 every file is complete and flushed; ``latest`` is replaced atomically afterwards. An
-interrupted save therefore leaves the previous checkpoint intact. On load every file is
+interrupted or failing save (disk full, Ctrl-C, SIGKILL) therefore leaves the previous
+checkpoint intact; a failing save raises ``OSError`` naming the checkpoint. On load every file is
 checked against the SHA-256 in ``meta.json``, so a truncated or corrupt file raises
 :class:`CheckpointError` naming that file.
 """
@@ -160,6 +161,10 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+    except OSError as exc:  # disk full, quota, I/O error: say which checkpoint, keep the others
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(exc.errno, f"could not write checkpoint {final} ({exc.strerror or exc}); the "
+                                 f"earlier checkpoints in {root} are untouched") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -344,14 +344,15 @@ def _check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path, ste
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff)
         raise ValueError(f"resume: config differs from checkpoint {path} in {detail}")
     if config.steps < step:
-        raise ValueError(f"resume: steps {config.steps} is below the step of checkpoint {path}, {step}; "
+        raise ValueError(f"resume: steps {config.steps} is below the checkpoint's step {step} ({path}); "
                          f"give steps >= {step}")
     saved_total = saved.get("steps")
     if config.lr_schedule == "cosine" and saved_total != config.steps and not extend:
         raise ValueError(f"resume: steps {config.steps} differs from the run's total of {saved_total} steps "
                          f"(checkpoint {path}), and the cosine learning-rate schedule depends on the total; "
-                         f"resume with steps {saved_total} to continue exactly, or extend to recompute the "
-                         f"schedule for {config.steps} steps (not bit-exact with any uninterrupted run)")
+                         f"resume with steps {saved_total} to continue exactly, or pass extend=True (--extend) to "
+                         f"recompute the schedule for {config.steps} steps (not bit-exact with any "
+                         f"uninterrupted run)")
 
 
 def train(

@@ -73,6 +73,8 @@ def _resume_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.extend and not args.resume:
+        raise ValueError("--extend applies to --resume only")
     from ..training import TrainConfig, TrainingDiverged, TrainingInterrupted, train
 
     config = TrainConfig(
@@ -85,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         out_dir=args.out, device=args.device,
     )
-    if args.extend and not args.resume:
-        raise ValueError("--extend applies to --resume only")
     try:
         result = train(config, resume=args.resume, extend=args.extend, progress=not args.no_progress)
     except TrainingInterrupted as exc:

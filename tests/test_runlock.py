@@ -1,0 +1,67 @@
+"""The output lock and the writability check (``causal_delta._runlock``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from causal_delta._runlock import LOCK_NAME, OutputInUseError, check_writable, output_lock
+
+
+def test_lock_is_exclusive_names_the_holder_and_leaves_nothing(tmp_path):
+    out = tmp_path / "a" / "b"
+    with output_lock(out) as lock_file:
+        assert lock_file == out / LOCK_NAME and lock_file.read_text().strip() == str(os.getpid())
+        # flock locks belong to an open file, so a second claim fails even in the same process
+        with pytest.raises(OutputInUseError, match=rf"output folder {out} is in use by another causal-delta "
+                                                   rf"process \(PID {os.getpid()}\)"):
+            with output_lock(out):
+                pass
+        (out / "result.txt").write_text("kept")
+    assert sorted(p.name for p in out.iterdir()) == ["result.txt"]  # the lock file is gone
+    with output_lock(out):  # free again
+        pass
+
+
+def test_folders_created_for_nothing_are_removed(tmp_path):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError):
+        with output_lock(out):
+            raise RuntimeError("the command failed before writing")
+    assert not (tmp_path / "new").exists()
+
+
+def test_file_outputs_lock_beside_the_file(tmp_path):
+    target = tmp_path / "samples.npy"
+    with output_lock(target, kind="file") as lock_file:
+        assert lock_file == tmp_path / ".samples.npy.lock"
+        with pytest.raises(OutputInUseError, match="output file"):
+            with output_lock(target, kind="file"):
+                pass
+        with output_lock(tmp_path / "other.npy", kind="file"):  # another file in the folder is free
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("make", "kind", "match"), [
+    (lambda t: (t / "f").write_text("x") and t / "f", "folder", r"--out .*f exists and is not a folder"),
+    (lambda t: (t / "f").write_text("x") and t / "f" / "sub", "folder", r"f is a file, not a folder"),
+    (lambda t: t, "file", r"is a folder; expected a file name"),
+    (lambda t: (t / "f").write_text("x") and t / "f" / "x.npy", "file", r"f exists and is not a folder"),
+])
+def test_unusable_outputs_are_refused_before_any_work(tmp_path, make, kind, match):
+    with pytest.raises(OSError, match=match):
+        check_writable(make(tmp_path), kind=kind)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod")
+def test_read_only_folder_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match=r"--out .*ro/run cannot be written"):
+            check_writable(ro / "run")
+    finally:
+        ro.chmod(0o755)
