@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 
 import pytest
 
+from causal_delta import cli
 from causal_delta._runlock import LOCK_NAME, OutputInUseError, check_writable, output_lock
 
 
@@ -65,3 +68,14 @@ def test_read_only_folder_is_refused(tmp_path):
             check_writable(ro / "run")
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_command_with_an_out_option_declares_its_outputs(name):
+    # cli.main locks what outputs(args) returns; a command that writes without declaring it
+    # would run unlocked and unchecked.
+    mod = importlib.import_module(f"causal_delta.commands.{cli.COMMANDS[name]}")
+    parser = argparse.ArgumentParser()
+    mod.add_arguments(parser)
+    if any(a.dest == "out" for a in parser._actions):
+        assert callable(getattr(mod, "outputs", None)), f"causal-delta {name} writes --out but has no outputs(args)"
