@@ -278,3 +278,33 @@ def test_a_quick_run_prints_no_warning(tmp_path, base):
     control = subprocess.run([sys.executable, "-c", "import torch; x = torch.ones(2); "
                               "torch.func.jvp(torch.sin, (x,), (x,))"], capture_output=True, text=True, env=ENV)
     assert "FutureWarning" in control.stderr, "torch no longer warns: causal_delta._compat can go"
+
+
+def test_disk_full_while_writing_a_report_names_the_file(tmp_path, monkeypatch, capsys, base):
+    import causal_delta.report as R
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "jvp"
+    out.mkdir()
+    (out / "report.json").write_text("earlier report\n")
+    monkeypatch.setattr(R.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    rc = cli.main(["jvp", "--checkpoint", str(base), "--features", "0", "-n", "4", "--steps", "1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0, err
+    assert f"could not write {out / 'report.json'}: No space left on device" in err
+    assert (out / "report.json").read_text() == "earlier report\n"  # the earlier output is kept
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

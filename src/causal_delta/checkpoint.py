@@ -168,7 +168,11 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_bytes(root / _LATEST, (final.name + "\n").encode())
+    try:
+        atomic_write_bytes(root / _LATEST, (final.name + "\n").encode())
+    except OSError as exc:  # the checkpoint is complete; `latest` still names the previous one
+        raise OSError(exc.errno, f"checkpoint {final} is complete but {root / _LATEST} could not be "
+                                 f"updated ({exc.strerror or exc}); it still names the previous checkpoint") from exc
     if keep and keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             if old != final:
