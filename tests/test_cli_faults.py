@@ -254,6 +254,9 @@ def test_disk_full_mid_checkpoint_keeps_the_previous_one(tmp_path, base, monkeyp
     monkeypatch.undo()
     assert cli.main([*BASE, "--out", str(run), "--resume"]) == 0  # the folder is free again
     assert_same_run(run, base)
+    capsys.readouterr()
+    assert cli.main([*BASE, "--out", str(run), "--resume"]) == 0
+    assert "nothing to train: the checkpoint is already at step 4" in capsys.readouterr().out
 
 
 def test_debug_shows_the_traceback(tmp_path):
