@@ -60,8 +60,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validation import check_positive_int, check_shape, check_weights
-from .._validation import check_spd
+from .._validation import check_finite, check_positive_int, check_shape, check_spd, check_weights
 from ._common import Time, as_float_tensor, check_points, prepare_time
 
 __all__ = ["GaussianMixture", "MixtureTerms"]
@@ -185,6 +184,8 @@ class GaussianMixture:
         check_shape("base_cov", base_cov, (d, d))
         check_weights("weights", weights)
         check_shape("means", means, (K, d))
+        check_finite("means", means)
+        check_finite("base_mean", base_mean)
         for k in range(K):
             check_spd(f"covs[{k}]", covs[k])
         check_spd("base_cov", base_cov)
