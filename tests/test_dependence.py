@@ -161,3 +161,23 @@ def test_bad_input_errors_are_named():
         D.threshold_sweep(dy, 0, (1, 7))
     with pytest.raises(ValueError, match="probes must have shape"):
         D.hold_fixed_probes(torch.randn(5, 3), torch.randn(4, 3))
+
+
+def test_identity_readout_is_the_default_for_tabular_data():
+    # Without classifier or features every coordinate is a feature (MATH.md §2: the Gaussian
+    # generator's Jacobian is S(1)^{1/2} = Σ^{1/2}, the independent value checked against).
+    flow, _ = _fork()
+    R = flow.flow_jacobian(1.0)
+    g = torch.Generator().manual_seed(3)
+    x0, z = torch.randn(50, 3, generator=g, dtype=F64), torch.randn(50, 3, generator=g, dtype=F64)
+    res = J.attribute_jvp(flow.velocity, x0, z, steps=40, batch_size=50)
+    assert res.responses.shape == (50, 3)
+    assert (res.responses - z @ R.T).abs().max() < 1e-6  # RK4 with 40 steps
+    grad = J.readout_gradient(flow.velocity, x0[:4], 2, steps=40)
+    assert (grad - R[2].expand(4, 3)).abs().max() < 1e-6
+    held = D.hold_fixed_responses(flow.velocity, x0, z, 0, steps=40)
+    explicit = D.hold_fixed_responses(flow.velocity, x0, z, 0, features=[0, 1, 2], steps=40)
+    assert held.responses[:, 0].abs().max() < 1e-10
+    assert torch.equal(held.responses, explicit.responses)
+    # Projected probes, pushed through the exact Jacobian, give the held responses.
+    assert (held.responses - held.probes[:, 0] @ R.T).abs().max() < 1e-6

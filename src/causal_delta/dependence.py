@@ -374,7 +374,8 @@ def hold_fixed_responses(
     solver, memory growing with steps — or ``gradient_mode="forward"`` for small ``d``), then
     forward-mode responses of the projected probes. Column ``k`` of the result is zero up to
     round-off; the correlation of the others is the "attribute ``k`` held fixed" estimate, to
-    compare with :func:`condition`.
+    compare with :func:`condition`. Without ``classifier`` and ``features`` the read-out is the
+    identity: every flattened coordinate is a feature and ``k`` indexes one of them.
 
     Returns:
         :class:`causal_delta.jvp.AttributeJVP` (``probes`` are the projected ones).

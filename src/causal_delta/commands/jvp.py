@@ -10,6 +10,9 @@ import argparse
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run", "parse_features"]
 
+MAX_IDENTITY_FEATURES = 64
+"""Without --features or --classifier, samples of at most this many coordinates are read whole."""
+
 HELP = "JVP responses of a trained flow (pixels or classifier logits) to random latent probes"
 DESCRIPTION = (
     "Push random probes z through the generator f of a trained flow and record "
@@ -29,11 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="finite-difference step (default: sqrt / cbrt of the dtype's machine eps)")
     parser.add_argument("--solver", choices=("euler", "midpoint", "rk4", "dopri5"), default="rk4")
     parser.add_argument("--steps", type=int, default=100, help="solver steps (ignored by adaptive dopri5)")
-    what = parser.add_mutually_exclusive_group(required=True)
+    what = parser.add_mutually_exclusive_group()
     what.add_argument("--features", type=str, default=None,
                       help="pixels to read: comma-separated flattened indices, or colon-separated "
                            "multi-indices into the sample shape (e.g. '0:14:8,0:15:8'; missing "
-                           "leading dimensions are 0)")
+                           "leading dimensions are 0). Default without --classifier: every "
+                           f"coordinate, for samples of at most {MAX_IDENTITY_FEATURES} coordinates")
     what.add_argument("--classifier", type=str, default=None,
                       help="classifier checkpoint; responses are its logits")
     parser.add_argument("--probe-kind", choices=("gaussian", "rademacher"), default="gaussian")
@@ -99,6 +103,7 @@ def _load_classifier(path: str, use_ema: bool):
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
     import time
     from pathlib import Path
 
@@ -130,6 +135,13 @@ def run(args: argparse.Namespace) -> int:
     if args.classifier:
         classifier, clf_info, names = _load_classifier(args.classifier, not args.no_ema)
         classifier = classifier.to(dtype)
+    elif args.features is None:
+        size = math.prod(event)
+        if size > MAX_IDENTITY_FEATURES:
+            raise ValueError(f"give --features or --classifier: the samples have {size} coordinates, and "
+                             f"reading all of them is the default only up to {MAX_IDENTITY_FEATURES}")
+        features = list(range(size))  # the identity read-out: every coordinate is a feature
+        names = [f"pixel {i}" for i in features]
     else:
         features = parse_features(args.features, event)
         names = [f"pixel {i}" for i in features]
