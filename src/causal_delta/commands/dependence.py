@@ -13,7 +13,7 @@ __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 HELP = "correlations, bootstrap CIs, conditioning and threshold sweeps of JVP responses"
 DESCRIPTION = (
     "Estimate the paper's Corr = D^{-1/2} S D^{-1/2} (uncentred second moment S = E[Δy Δyᵀ]) "
-    "from JVP responses, with percentile bootstrap intervals, the centred (Pearson) "
+    "from JVP responses, with bias-corrected (BCa) bootstrap intervals, the centred (Pearson) "
     "correlation for comparison, and — with --condition-on — the correlation on the samples "
     "whose response of one feature is small (conditioning, not do()) and its sensitivity to "
     "the threshold."
@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
     parser.add_argument("--level", type=float, default=0.95, help="confidence level")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--interval", choices=("bca", "percentile"), default="bca",
+                        help="bootstrap interval: bias-corrected and accelerated (default) or percentile")
     parser.add_argument("--condition-on", type=int, default=None, metavar="K",
                         help="feature index k: keep samples with small |Δy_k| and recompute")
     thr = parser.add_mutually_exclusive_group()
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         groups = None  # one probe per sample: the ordinary bootstrap
     out = Path(args.out)
 
-    boot = D.bootstrap(dy, n_boot=args.n_boot, level=args.level, seed=args.seed, groups=groups)
+    boot = D.bootstrap(dy, n_boot=args.n_boot, level=args.level, seed=args.seed, groups=groups,
+                       interval=args.interval)
     centred = D.correlation(dy, centered=True)
     rep: dict = {
         "command": "dependence",
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         "se": boot.se,
         "level": args.level,
         "n_boot": args.n_boot,
+        "interval": boot.interval,
         "seed": args.seed,
         "bootstrap_groups": "samples" if groups is not None else "rows",
         "corr_centred_pearson": centred,
@@ -130,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threshold is None and args.quantile is None:
             args.quantile = 0.17
         cond = D.condition(dy, k, threshold=args.threshold, quantile=args.quantile, n_boot=args.n_boot,
-                           seed=args.seed, level=args.level)
+                           seed=args.seed, level=args.level, interval=args.interval)
         pair = args.pair
         if pair is None:
             others = [i for i in range(m) if i != k]
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             if not 0 < q <= 1:
                 raise ValueError(f"--quantiles must lie in (0, 1], got {q}")
         sweep = D.threshold_sweep(dy, k, pair, quantiles=args.quantiles, n_boot=args.n_boot, seed=args.seed,
-                                  level=args.level)
+                                  level=args.level, interval=args.interval)
         rep["conditioning"] = {
             "note": "conditioning on a small response of feature k, not a do-intervention",
             "k": k,
