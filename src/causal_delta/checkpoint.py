@@ -276,8 +276,9 @@ def load_flow(path: str | os.PathLike, use_ema: bool = True, device: str | torch
     Returns:
         ``(field, info)``: ``field(x, t)`` is the velocity (``(B, *event)``, ``t`` ``(B,)``),
         with ``field.forward_jvp`` when the network has one; ``info`` holds ``path``, ``step``,
-        ``event_shape``, ``parametrization``, ``preset``, ``used_ema``, ``train_config`` and
-        ``model_config``.
+        ``event_shape``, ``parametrization``, ``preset``, ``used_ema``, ``train_config``,
+        ``model_config`` and ``data`` (the data source's description, with its known ``corr``
+        for synthetic Gaussian data; ``None`` in older checkpoints).
     """
     from .models import model_from_config
     from .paths import VelocityField
@@ -308,5 +309,6 @@ def load_flow(path: str | os.PathLike, use_ema: bool = True, device: str | torch
         "used_ema": used_ema,
         "train_config": train_config,
         "model_config": model_config,
+        "data": ckpt.meta.get("data"),
     }
     return field, info

@@ -158,12 +158,19 @@ def run(args: argparse.Namespace) -> int:
     m = dy.shape[1]
     if names is None or len(names) != m:
         names = [f"logit {k}" for k in range(m)]
+    truth = None  # the data's known correlation of the chosen coordinates (Gaussian sources)
+    known = (info.get("data") or {}).get("corr")
+    if classifier is None and known is not None:
+        full = np.asarray(known, dtype=np.float64)
+        truth = full[np.ix_(features, features)]
     arrays = {
         "responses": dy,
         "sample_index": res.sample_index.cpu().numpy(),
         "names": np.array(names),
         "features": np.array(features if features is not None else [], dtype=np.int64),
     }
+    if truth is not None:
+        arrays["truth_corr"] = truth
     if args.save_samples:
         arrays["x0"] = x0.cpu().numpy()
         if res.samples is not None:
@@ -192,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
         "seconds": elapsed,
         "rms_response": np.sqrt((dy ** 2).mean(0)).tolist(),
         "corr_uncentred": corr,
+        "truth_corr": truth,
+        "truth_note": ("the training data's correlation; a perfectly trained flow on Gaussian data has "
+                       "JVP correlation equal to it (MATH.md §2)") if truth is not None else None,
         "responses_file": npz_path.name,
     }
     report.write_json(out / "report.json", rep)
