@@ -287,8 +287,8 @@ class GaussianMixture:
         logdet_ref = logdet[ref] if scalar else _pick(logdet, ref)
         rel_joint = torch.log(weights) - 0.5 * (dq + logdet - logdet_ref.unsqueeze(-1))  # + const
         log_gamma = torch.log_softmax(rel_joint, dim=-1)
-        M_ref_u = self._matvec(M, u, scalar)  # M_k u_k
-        b_ref = means[ref] - base_mean + _pick(M_ref_u, ref)
+        Mu = self._matvec(M, u, scalar)  # M_k u_k
+        b_ref = means[ref] - base_mean + _pick(Mu, ref)
         db = (means - means[ref].unsqueeze(-2)) + self._matvec(M, e, scalar) - _ref_minus(M, ref, u_ref, scalar)
         return MixtureTerms(scalar, tt, log_gamma, log_gamma.exp(), delta, u, log_joint, chol, M,
                             ref, e, b_ref, db)
