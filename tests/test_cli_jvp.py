@@ -114,3 +114,20 @@ def test_same_seed_same_pairs_in_float32_and_float64(checkpoints, tmp_path):
     assert cli.main(["jvp", "--checkpoint", str(flow_dir), "-n", "12", "--probes", "2", "--features", "0,3",
                      "--steps", "4", "--seed", "8", "--out", str(other)]) == 0
     assert np.abs(np.load(other / "responses.npz")["responses"] - r32).max() > 100 * np.abs(r32 - r64).max()
+
+
+def test_jvp_reads_every_coordinate_by_default(checkpoints, tmp_path, capsys, monkeypatch):
+    flow_dir, _ = checkpoints
+    out = tmp_path / "all"
+    argv = ["jvp", "--checkpoint", str(flow_dir), "-n", "5", "--steps", "2", "--dtype", "float64"]
+    assert cli.main(argv + ["--out", str(out)]) == 0
+    data = np.load(out / "responses.npz")
+    assert data["features"].tolist() == [0, 1, 2, 3] and data["responses"].shape == (5, 4)
+    explicit = tmp_path / "explicit"
+    assert cli.main(argv + ["--features", "0,1,2,3", "--out", str(explicit)]) == 0
+    assert np.array_equal(np.load(explicit / "responses.npz")["responses"], data["responses"])
+    from causal_delta.commands import jvp as jvp_command
+
+    monkeypatch.setattr(jvp_command, "MAX_IDENTITY_FEATURES", 3)
+    assert cli.main(argv + ["--out", str(tmp_path / "big")]) == 2
+    assert "give --features or --classifier: the samples have 4 coordinates" in capsys.readouterr().err

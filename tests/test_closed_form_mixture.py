@@ -203,7 +203,7 @@ def test_intervention_jacobian():
     assert mix.intervention_jacobian(1, tb).shape == (4, 2, 2)
     # With one component the intervention and the full Jacobian coincide.
     one = GaussianMixture([1.0], mix.means[:1], mix.covs[:1], mix.base_mean, mix.base_cov)
-    x = torch.randn(5, 2, dtype=F64)
+    x = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(one.jacobian(x, 0.3), one.intervention_jacobian(0, 0.3).expand(5, 2, 2),
                                atol=1e-13, rtol=0)
 
@@ -312,3 +312,60 @@ def test_validation_messages():
         mix.intervention_jacobian(torch.tensor([0, 5]), 0.5)
     with pytest.raises(ValueError, match=r"n must be an integer >= 1, got 0"):
         mix.sample(0)
+
+
+# ------------------------------------------------- far field (MATH.md §3)
+def _shared_cov_mixture(K: int, d: int, seed: int) -> GaussianMixture:
+    """Components sharing one covariance: far out, u_k and b_k grow like |x| but their spreads
+    stay O(1), the case where the uncentred Eq. 4 cancels |x|²-sized terms."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(K, generator=g, dtype=F64) + 0.3
+    cov = _spd(d, g, 0.5)
+    return GaussianMixture(w / w.sum(), 2.0 * torch.randn(K, d, generator=g, dtype=F64), cov.expand(K, d, d),
+                           base_mean=0.5 * torch.randn(d, generator=g, dtype=F64), base_cov=_spd(d, g, 0.5))
+
+
+def _tie_point(mix: GaussianMixture, t: float, radius: float, seed: int) -> torch.Tensor:
+    """A point at distance ~radius where every component has the same log π_k + log N(x | m_k, S)
+    (shared S, so each difference l_0 - l_k = a_k·x + c_k is affine in x)."""
+    S, m = mix.S(t)[0], mix.component_means(t)
+    P = torch.linalg.inv(S)
+    a = torch.stack([P @ (m[0] - m[k]) for k in range(1, mix.n_components)])  # (K-1, d)
+    c = torch.stack([torch.log(mix.weights[0] / mix.weights[k]) - 0.5 * (m[0] @ P @ m[0] - m[k] @ P @ m[k])
+                     for k in range(1, mix.n_components)])
+    base = -torch.linalg.pinv(a) @ c  # a x + c = 0, minimum norm
+    r = torch.randn(mix.dim, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    Q, _ = torch.linalg.qr(a.mT)
+    r = r - Q @ (Q.mT @ r)  # stay on the tie set
+    return base + radius * r / r.norm()
+
+
+@pytest.mark.parametrize("radius", [1e3, 1e5])
+@pytest.mark.parametrize("K,d", [(2, 2), (2, 3), (3, 3)])
+@pytest.mark.parametrize("t", [0.3, 0.8])
+def test_far_field_tie_points_match_50_digit_reference(radius, K, d, t):
+    # The uncentred form gave relative errors 4e-12..9e-12 at |x| = 1e3 and 6e-8 at 1e5 on these
+    # points; float64 autodiff of the drift shares the cancellation, so the reference is mpmath.
+    from mp_reference import mixture_reference
+
+    mix = _shared_cov_mixture(K, d, seed=10 * K + d)
+    x = _tie_point(mix, t, radius, seed=d)
+    gam_ref, v_ref, J_ref = mixture_reference(mix, x, t)
+    assert (gam_ref - 1.0 / K).abs().max() < 1e-3  # really a tie
+    # Conditioning floor: moving x by one ulp (relative ~2^-52) moves the log-ratios by ~|x|·2^-52
+    # (~1e-11 at 1e5). At a two-way tie J is stationary in γ (it depends on γ1γ2), at a three-way
+    # tie it is not; no float64 algorithm can beat the reference's own change under that move.
+    flip = torch.where(torch.arange(d) % 2 == 0, 1.0, -1.0).to(F64) * math.inf
+    gam_p, v_p, J_p = mixture_reference(mix, torch.nextafter(x, flip), t)
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    tol_J, tol_v = max(1e-12, 10 * rel(J_p, J_ref)), max(1e-12, 10 * rel(v_p, v_ref))
+    if K == 2:
+        assert tol_J == 1e-12
+    v, J = mix.velocity_and_jacobian(x, t)
+    assert rel(J, J_ref) < tol_J and rel(v, v_ref) < tol_v, (rel(J, J_ref), rel(v, v_ref), tol_J)
+    dx = torch.randn(d, generator=torch.Generator().manual_seed(1), dtype=F64)
+    v2, jv = mix.forward_jvp(x, t, dx)
+    assert rel(jv, J_ref @ dx) < tol_J and rel(v2, v_ref) < tol_v
+    gam_tol = max(1e-12, 10 * float((gam_p - gam_ref).abs().max()))
+    torch.testing.assert_close(mix.responsibilities(x, t), gam_ref, atol=gam_tol, rtol=0)
+    torch.testing.assert_close(mix.score(x, t), mix.score(x[None], torch.tensor([t], dtype=F64))[0])

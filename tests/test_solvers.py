@@ -131,7 +131,7 @@ def test_backward_integration_inverts(x0):
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4", "dopri5"])
 def test_forward_mode_jvp_through_integrate(x0, method):
-    dx = torch.randn_like(x0)
+    dx = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=x0.dtype)
     grid = time_grid(40, dtype=torch.float64)
 
     def flow(z):
@@ -152,7 +152,7 @@ def test_jacfwd_and_vmap_through_integrate():
     z = torch.tensor([0.3, -1.2], dtype=torch.float64)
     jac = torch.func.jacfwd(flow_one)(z)
     torch.testing.assert_close(jac, _sqrtm(SIGMA), atol=1e-7, rtol=0)
-    batch = torch.randn(5, 2, dtype=torch.float64)
+    batch = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     jacs = torch.func.vmap(torch.func.jacfwd(flow_one))(batch)
     torch.testing.assert_close(jacs, _sqrtm(SIGMA).expand(5, 2, 2), atol=1e-7, rtol=0)
 
@@ -181,7 +181,7 @@ def test_sample_batches_equal_integrate(x0):
 
 
 def test_float32_input_keeps_dtype():
-    x = torch.randn(4, 2)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
     sol = integrate(velocity, x, method="rk4", steps=5)
     assert sol.x.dtype == torch.float32 and sol.grid.dtype == torch.float32
 
@@ -218,7 +218,7 @@ def test_public_api():
 
 
 def test_forward_mode_jvp_through_adaptive_dopri5(x0):
-    dx = torch.randn_like(x0)
+    dx = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4), dtype=x0.dtype)
     out, tangent = torch.func.jvp(
         lambda z: integrate(velocity, z, method="dopri5", atol=1e-9, rtol=1e-9).x, (x0,), (dx,))
     torch.testing.assert_close(out, exact(x0), atol=1e-6, rtol=0)

@@ -287,7 +287,8 @@ def load_flow(path: str | os.PathLike, use_ema: bool = True, device: str | torch
         with ``field.forward_jvp`` when the network has one; ``info`` holds ``path``, ``step``,
         ``event_shape``, ``parametrization``, ``preset``, ``used_ema``, ``train_config``,
         ``model_config`` and ``data`` (the training data's description: name, size, dtype and
-        cast, ``feature_names`` of a table with a header; ``{}`` when not recorded).
+        cast, ``feature_names`` of a table with a header, the known ``corr`` of synthetic Gaussian
+        data; ``{}`` when not recorded).
     """
     from .models import model_from_config
     from .paths import VelocityField

@@ -9,8 +9,11 @@ the cost is ``O(n m²)``.
 * :func:`correlation`: the paper's :math:`\mathrm{Corr} = D^{-1/2} S D^{-1/2}`, ``D = diag(S)``;
   ``centered=True`` gives the Pearson correlation that the original code reported
   (``np.corrcoef``), for comparison only.
-* :func:`bootstrap`: percentile confidence intervals and standard errors for every entry,
-  seeded and vectorised (multinomial resampling weights times the pairwise products).
+* :func:`bootstrap`: BCa (default) or percentile confidence intervals and standard errors for
+  every entry, seeded and vectorised (multinomial resampling weights times the pairwise
+  products; the BCa acceleration from a vectorised leave-one-out jackknife).
+  :func:`bootstrap_interval` / :func:`bootstrap_statistic`: the same intervals for any
+  replicates or any statistic of resampled rows.
 * :func:`condition` / :func:`threshold_sweep`: keep the rows whose response of feature ``k`` is
   small and recompute (Section 6.4). This is *conditioning* on a small response, not a
   do-intervention.
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._intervals import INTERVALS, bootstrap_interval, bootstrap_statistic
 from ._validation import check_finite, check_positive_int
 
 __all__ = [
@@ -35,6 +39,9 @@ __all__ = [
     "correlation_from_moments",
     "BootstrapResult",
     "bootstrap",
+    "bootstrap_interval",
+    "bootstrap_statistic",
+    "INTERVALS",
     "ConditionedEstimate",
     "condition",
     "SweepResult",
@@ -97,9 +104,10 @@ class BootstrapResult:
 
     Attributes:
         estimate: the statistic on the full data ``(m, m)``.
-        lower, upper: percentile interval at ``level`` ``(m, m)``.
+        lower, upper: interval at ``level`` ``(m, m)`` (the kind named by ``interval``).
         se: bootstrap standard error ``(m, m)``.
         level: confidence level; n_boot: replicates; seed: the seed used; statistic: name.
+        interval: ``"bca"`` or ``"percentile"`` (see :func:`bootstrap_interval`).
     """
 
     estimate: Tensor
@@ -110,6 +118,7 @@ class BootstrapResult:
     n_boot: int
     seed: int
     statistic: str
+    interval: str = "bca"
 
     def entry(self, i: int, j: int) -> dict:
         """``{"estimate", "lower", "upper", "se"}`` of entry ``(i, j)`` as floats."""
@@ -128,11 +137,14 @@ def bootstrap(
     seed: int = 0,
     chunk: int = 100,
     groups: Tensor | None = None,
+    interval: str = "bca",
 ) -> BootstrapResult:
-    r"""Percentile bootstrap for every entry of the correlation (or second moment) matrix.
+    r"""Bootstrap interval for every entry of the correlation (or second moment) matrix.
 
     Vectorised: each replicate is a multinomial count vector ``w`` (``n`` draws with replacement),
-    and its moments are ``w @ (Δy_i Δy_j)`` — one matrix product per chunk of replicates.
+    and its moments are ``w @ (Δy_i Δy_j)`` — one matrix product per chunk of replicates. The
+    BCa acceleration comes from the leave-one-out (leave-one-group-out) jackknife, whose
+    moments are ``(Σ - own term) / (n - own count)`` for every row at once.
 
     Args:
         dy: responses ``(n, m)``.
@@ -141,7 +153,10 @@ def bootstrap(
         n_boot: replicates; level: two-sided confidence level in (0, 1); seed: for a private
             ``torch.Generator``; chunk: replicates per matrix product.
         groups: optional ``(n,)`` integer group of each row (e.g. the sample index when several
-            probes share a sample): whole groups are resampled.
+            probes share a sample): whole groups are resampled (and left out by the jackknife).
+        interval: ``"bca"`` (default: bias-corrected and accelerated, which keeps a skewed
+            statistic's interval around its estimate) or ``"percentile"``; see
+            :func:`bootstrap_interval`.
     """
     dy = _check_dy(dy)
     if statistic not in _STATISTICS:
@@ -150,6 +165,8 @@ def bootstrap(
     check_positive_int("chunk", chunk)
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     n, m = dy.shape
     dy = dy.double() if dy.dtype != torch.float64 else dy
     prods = (dy.unsqueeze(2) * dy.unsqueeze(1)).reshape(n, m * m)
@@ -183,11 +200,13 @@ def bootstrap(
     R = torch.cat(reps)
     S_full = prods.mean(0).reshape(m, m)
     est = stat(S_full, dy.mean(0))
-    alpha = (1.0 - float(level)) / 2.0
-    q = torch.tensor([alpha, 1.0 - alpha], dtype=R.dtype)
-    lo_hi = torch.nanquantile(R, q, dim=0)
-    return BootstrapResult(estimate=est, lower=lo_hi[0], upper=lo_hi[1], se=R.std(0), level=float(level),
-                           n_boot=n_boot, seed=int(seed), statistic=statistic)
+    jack = None
+    if interval == "bca" and G >= 3:
+        rest = (count_g.sum() - count_g).unsqueeze(1)  # rows left after dropping each group
+        jack = stat(((prods_g.sum(0) - prods_g) / rest).reshape(G, m, m), (dy_g.sum(0) - dy_g) / rest)
+    lower, upper = bootstrap_interval(R, est, level=level, interval=interval, jackknife=jack)
+    return BootstrapResult(estimate=est, lower=lower, upper=upper, se=R.std(0), level=float(level),
+                           n_boot=n_boot, seed=int(seed), statistic=statistic, interval=interval)
 
 
 @dataclass
@@ -234,6 +253,7 @@ def condition(
     n_boot: int = 0,
     seed: int = 0,
     level: float = 0.95,
+    interval: str = "bca",
 ) -> ConditionedEstimate:
     r"""Keep rows with :math:`|\Delta y_k| \le` ``threshold`` (or the ``quantile`` of ``|Δy_k|``) and
     recompute the correlation (Section 6.4).
@@ -258,7 +278,7 @@ def condition(
     ci = None
     if n_boot and kept >= 2:
         ci = bootstrap(sub, statistic="centered_corr" if centered else "corr", n_boot=n_boot, seed=seed,
-                       level=level)
+                       level=level, interval=interval)
     return ConditionedEstimate(k=k, threshold=thr, mask=mask, kept=kept, kept_fraction=kept / dy.shape[0],
                                corr=corr, ci=ci)
 
@@ -295,6 +315,7 @@ def threshold_sweep(
     n_boot: int = 500,
     seed: int = 0,
     level: float = 0.95,
+    interval: str = "bca",
 ) -> SweepResult:
     r"""``Corr[i, j]`` with bootstrap CI as a function of the kept fraction when conditioning on
     small :math:`|\Delta y_k|` (quantile thresholds; ``1.0`` keeps everything)."""
@@ -306,7 +327,8 @@ def threshold_sweep(
     i, j = (_check_k(p, m, "pair") for p in pair)
     rows = []
     for q in quantiles:
-        c = condition(dy, k, quantile=q, centered=centered, n_boot=n_boot, seed=seed, level=level)
+        c = condition(dy, k, quantile=q, centered=centered, n_boot=n_boot, seed=seed, level=level,
+                      interval=interval)
         if c.ci is not None:
             e = c.ci.entry(i, j)
         else:
@@ -374,7 +396,8 @@ def hold_fixed_responses(
     solver, memory growing with steps — or ``gradient_mode="forward"`` for small ``d``), then
     forward-mode responses of the projected probes. Column ``k`` of the result is zero up to
     round-off; the correlation of the others is the "attribute ``k`` held fixed" estimate, to
-    compare with :func:`condition`.
+    compare with :func:`condition`. Without ``classifier`` and ``features`` the read-out is the
+    identity: every flattened coordinate is a feature and ``k`` indexes one of them.
 
     Returns:
         :class:`causal_delta.jvp.AttributeJVP` (``probes`` are the projected ones).

@@ -501,6 +501,14 @@ def pixel_readout(indices: Sequence[int] | Tensor) -> Readout:
     return readout
 
 
+def _identity_readout(x: Tensor) -> Tensor:
+    """Every coordinate is a feature: ``x -> x.flatten(1)`` (the default read-out, linear)."""
+    return x.flatten(1)
+
+
+_identity_readout.linear = True  # type: ignore[attr-defined]
+
+
 def _readout_jvp(readout: Readout | nn.Module) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """``(x, dx) -> (r(x), J_r dx)``: linear read-outs directly, ``forward_jvp`` if present, else func.jvp."""
     if getattr(readout, "linear", False):
@@ -527,7 +535,7 @@ def _make_readout(classifier: Any, features: Sequence[int] | Tensor | None) -> R
         _check_classifier(classifier)
         return classifier
     if features is None:
-        raise ValueError("give a classifier (nn.Module x -> logits) or features (flattened pixel indices)")
+        return _identity_readout  # every coordinate, as for tabular data
     return pixel_readout(features)
 
 
@@ -593,8 +601,9 @@ def attribute_jvp(
     r"""Attribute-level responses :math:`\Delta y = J_{C \circ f}(x_0)\, z` (Section 5).
 
     The read-out is a classifier ``C`` (any ``nn.Module`` in eval mode, on its logits; its
-    ``forward_jvp(x, dx)`` is used if present, else :func:`torch.func.jvp` at the end point) or a
-    selection of flattened pixel indices ``features``. Forward mode pushes the probe exactly;
+    ``forward_jvp(x, dx)`` is used if present, else :func:`torch.func.jvp` at the end point), a
+    selection of flattened pixel indices ``features``, or — when neither is given — the identity
+    (every flattened coordinate is a feature, ``m = prod(event)``). Forward mode pushes the probe exactly;
     finite differences difference the read-out, :math:`(C(f(x_0+\varepsilon z)) - C(f(x_0)))/\varepsilon`.
 
     Args:
@@ -682,7 +691,9 @@ def readout_gradient(
     r"""Gradient :math:`g = \nabla_{x_0} (C_k \circ f)(x_0)` per sample, shape ``(n, *event)``.
 
     Used by :func:`causal_delta.dependence.hold_fixed_probes` to project probes onto the null
-    space of ``g``, so that the response of read-out ``k`` vanishes to first order.
+    space of ``g``, so that the response of read-out ``k`` vanishes to first order. The read-out is
+    ``classifier``, the pixel selection ``features``, or by default the identity (``k`` is then
+    a flattened coordinate of the sample).
 
     Cost: ``mode="reverse"`` is one vector-Jacobian product per sample by reverse mode through
     the whole solver — about 2–3 sampling passes of time, and memory that *grows with the

@@ -35,11 +35,13 @@ def is_transformed(tensor: Tensor) -> bool:
 
 
 def check_points(x: Tensor, d: int, name: str = "x") -> Tensor:
-    """Check that ``x`` has shape ``(..., d)``; return it."""
+    """Check that ``x`` has shape ``(..., d)`` and finite entries; return it."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (..., {d}), got {type(x).__name__}")
     if x.ndim < 1 or x.shape[-1] != d:
         raise ValueError(f"{name} must have shape (..., {d}), got {tuple(x.shape)}")
+    if x.is_floating_point() and not is_transformed(x) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite, got NaN or inf entries")
     return x
 
 

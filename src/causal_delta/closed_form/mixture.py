@@ -23,10 +23,26 @@ Jacobian (Eq. 4), with ``∇γ_k = γ_k (ū - u_k)`` and ``ū = Σ_j γ_j u_j``:
 
 .. math::
     ∇v = \sum_k γ_k A_k + \sum_k b_k (∇γ_k)^\top
-       = \sum_k γ_k A_k + v\,ū^\top - \sum_k γ_k b_k u_k^\top .
+       = \sum_k γ_k A_k - \sum_k γ_k (b_k - v)(u_k - ū)^\top .
 
 The score of ``p_t`` is ``∇ \log p_t(x) = -ū``. End points: ``v(x, 0) = Σ_k π_k μ_k - x``
 and ``v(x, 1) = x - μ0``.
+
+Numerics far from the data (``MATH.md`` §3): ``u_k`` and ``b_k`` grow like ``|x|`` while their
+spreads ``u_k - ū``, ``b_k - v`` (and the log-density differences that set ``γ``) stay O(1) when
+the components share ``S_k``. Forming ``v ūᵀ - Σ γ_k b_k u_kᵀ`` or ``softmax(log N_k)`` from the
+large terms cancels ``|x|²``-sized numbers (relative error ~1e-6 at ``|x| = 1e5``). So every
+quantity is taken relative to a reference component ``r`` (per point, the most responsible):
+
+.. math::
+    e_k = u_k - u_r = S_k^{-1}\big[(m_r - m_k) + (S_r - S_k) u_r\big], \qquad
+    b_k - b_r = μ_k - μ_r + M_k e_k + (M_k - M_r) u_r,
+
+    q_k - q_r = δ_r^\top e_k + (m_r - m_k)^\top u_k \quad (q_k = δ_k^\top S_k^{-1} δ_k),
+
+with ``M_k = tΣ_k - (1-t)Σ0``; ``S_r - S_k`` and ``M_k - M_r`` are exactly zero for equal
+covariances, so nothing of size ``|x|`` is subtracted from itself. ``γ`` is the softmax of the
+log-joint differences, ``v = b_r + Σ_k γ_k (b_k - b_r)``, ``ū = u_r + Σ_k γ_k e_k``.
 
 Implementation: one Cholesky factor per component (and per time when times differ between
 points), triangular solves for every ``S_k⁻¹``, no explicit inverse, no Python loop over
@@ -44,8 +60,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._validation import check_positive_int, check_shape, check_weights
-from .._validation import check_spd
+from .._validation import check_finite, check_positive_int, check_shape, check_spd, check_weights
 from ._common import Time, as_float_tensor, check_points, prepare_time
 
 __all__ = ["GaussianMixture", "MixtureTerms"]
@@ -66,6 +81,10 @@ class MixtureTerms:
         log_joint: ``log π_k + log N(x | m_k, S_k)``, ``(N, K)``.
         chol: Cholesky factors of ``S_k``, ``(K, d, d)`` or ``(N, K, d, d)``.
         M: ``t Σ_k - (1-t) Σ0``, same shape as ``chol``.
+        ref: the reference component ``r`` of each point (largest ``γ``), ``(N,)`` int64.
+        e: ``u_k - u_r`` computed without cancellation, ``(N, K, d)``.
+        b_ref: ``b_r = μ_r - μ0 + M_r u_r``, ``(N, d)``.
+        db: ``b_k - b_r`` computed without cancellation, ``(N, K, d)``.
     """
 
     scalar_time: bool
@@ -77,6 +96,49 @@ class MixtureTerms:
     log_joint: Tensor
     chol: Tensor
     M: Tensor
+    ref: Tensor
+    e: Tensor
+    b_ref: Tensor
+    db: Tensor
+
+    @property
+    def velocity(self) -> Tensor:
+        """``v = b_r + Σ_k γ_k (b_k - b_r)``, ``(N, d)``."""
+        return self.b_ref + (self.gamma.unsqueeze(-1) * self.db).sum(-2)
+
+    @property
+    def ubar(self) -> Tensor:
+        """``ū = Σ_k γ_k u_k = u_r + Σ_k γ_k e_k`` (minus the score), ``(N, d)``."""
+        u_ref = _pick(self.u, self.ref)
+        return u_ref + (self.gamma.unsqueeze(-1) * self.e).sum(-2)
+
+    def spreads(self) -> tuple[Tensor, Tensor]:
+        """``(b_k - v, u_k - ū)``, each ``(N, K, d)``: the centred factors of Eq. 4's second term."""
+        g = self.gamma.unsqueeze(-1)
+        beta = self.db - (g * self.db).sum(-2, keepdim=True)
+        eta = self.e - (g * self.e).sum(-2, keepdim=True)
+        return beta, eta
+
+
+def _pick(values: Tensor, ref: Tensor) -> Tensor:
+    """``values[n, ref[n]]`` for ``values (N, K, ...)`` and ``ref (N,)``."""
+    idx = ref.reshape(-1, *([1] * (values.ndim - 1))).expand(-1, 1, *values.shape[2:])
+    return torch.gather(values, 1, idx).squeeze(1)
+
+
+def _ref_minus(mat: Tensor, ref: Tensor, vec: Tensor, scalar: bool) -> Tensor:
+    """``(mat_r - mat_k) vec`` for every ``k``, ``(N, K, d)``; ``r = ref[n]``, ``vec (N, d)``.
+
+    The matrix difference is formed before the product, so it is exactly zero (and
+    contributes nothing) when two components share the matrix.
+    """
+    if scalar:  # mat (K, d, d): all (r, k) differences, then each point's own r.
+        diff = mat.unsqueeze(1) - mat.unsqueeze(0)  # [r, k] = mat_r - mat_k
+        every = torch.einsum("rkij,nj->nrki", diff, vec)  # (N, K_r, K, d)
+        idx = ref.reshape(-1, 1, 1, 1).expand(-1, 1, *every.shape[2:])
+        return torch.gather(every, 1, idx).squeeze(1)
+    diff = _pick(mat, ref).unsqueeze(1) - mat  # (N, K, d, d)
+    return (diff @ vec[:, None, :, None]).squeeze(-1)
 
 
 class GaussianMixture:
@@ -122,6 +184,8 @@ class GaussianMixture:
         check_shape("base_cov", base_cov, (d, d))
         check_weights("weights", weights)
         check_shape("means", means, (K, d))
+        check_finite("means", means)
+        check_finite("base_mean", base_mean)
         for k in range(K):
             check_spd(f"covs[{k}]", covs[k])
         check_spd("base_cov", base_cov)
@@ -211,8 +275,23 @@ class GaussianMixture:
         logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (K,) or (N,K)
         log_normal = -0.5 * ((z * z).sum(-1) + logdet + d * math.log(2.0 * math.pi))
         log_joint = torch.log(weights) + log_normal  # (N, K)
-        log_gamma = torch.log_softmax(log_joint, dim=-1)
-        return MixtureTerms(scalar, tt, log_gamma, log_gamma.exp(), delta, u, log_joint, chol, M)
+        # Centre on the most responsible component r (module docstring): differences of
+        # u, b and of the quadratic forms without subtracting |x|-sized terms from each other.
+        ref = log_joint.argmax(-1)
+        u_ref, delta_ref = _pick(u, ref), _pick(delta, ref)
+        m_ref = m[ref] if scalar else _pick(m, ref)
+        dm = m_ref.unsqueeze(-2) - m  # m_r - m_k, (N, K, d)
+        rhs = dm + _ref_minus(S, ref, u_ref, scalar)
+        e = self._tri(chol, self._tri(chol, rhs, scalar, transpose=False), scalar, transpose=True)
+        dq = (delta_ref.unsqueeze(-2) * e).sum(-1) + (dm * u).sum(-1)  # q_k - q_r
+        logdet_ref = logdet[ref] if scalar else _pick(logdet, ref)
+        rel_joint = torch.log(weights) - 0.5 * (dq + logdet - logdet_ref.unsqueeze(-1))  # + const
+        log_gamma = torch.log_softmax(rel_joint, dim=-1)
+        Mu = self._matvec(M, u, scalar)  # M_k u_k
+        b_ref = means[ref] - base_mean + _pick(Mu, ref)
+        db = (means - means[ref].unsqueeze(-2)) + self._matvec(M, e, scalar) - _ref_minus(M, ref, u_ref, scalar)
+        return MixtureTerms(scalar, tt, log_gamma, log_gamma.exp(), delta, u, log_joint, chol, M,
+                            ref, e, b_ref, db)
 
     @staticmethod
     def _matvec(mat: Tensor, vec: Tensor, scalar: bool) -> Tensor:
@@ -220,11 +299,6 @@ class GaussianMixture:
         if scalar:
             return torch.einsum("kij,nkj->nki", mat, vec)
         return (mat @ vec.unsqueeze(-1)).squeeze(-1)
-
-    def _b(self, T: MixtureTerms, like: Tensor) -> Tensor:
-        """``b_k = μ_k - μ0 + A_k δ_k = μ_k - μ0 + M_k u_k`` (N, K, d)."""
-        _, means, _, base_mean, _ = self._params(like)
-        return (means - base_mean) + self._matvec(T.M, T.u, T.scalar_time)
 
     # ------------------------------------------------------------------ public
     def S(self, t: Time) -> Tensor:
@@ -299,29 +373,26 @@ class GaussianMixture:
         ``t`` may be a float or a tensor ``(...,)`` such as the solvers' ``(B,)``.
         """
         flat, tt, scalar, batch = self._prepare(x, t)
-        T = self._terms(flat, tt, scalar)
-        v = (T.gamma.unsqueeze(-1) * self._b(T, flat)).sum(-2)
-        return v.reshape(*batch, self.dim)
+        return self._terms(flat, tt, scalar).velocity.reshape(*batch, self.dim)
 
     def _jacobian(self, flat: Tensor, T: MixtureTerms) -> tuple[Tensor, Tensor]:
-        b = self._b(T, flat)
         g = T.gamma
-        v = (g.unsqueeze(-1) * b).sum(-2)  # (N, d)
-        ubar = (g.unsqueeze(-1) * T.u).sum(-2)  # (N, d)
         # Σ_k γ_k A_k, A_k = (S_k⁻¹ M_kᵀ)ᵀ.
         A = torch.cholesky_solve(T.M.mT, T.chol).mT
         if T.scalar_time:
             J = torch.einsum("nk,kij->nij", g, A)
         else:
             J = torch.einsum("nk,nkij->nij", g, A)
-        J = J + v.unsqueeze(-1) * ubar.unsqueeze(-2)
-        J = J - torch.einsum("nki,nkj->nij", g.unsqueeze(-1) * b, T.u)
-        return v, J
+        beta, eta = T.spreads()  # centred form of MATH.md §3: no |x|² cancellation
+        J = J - torch.einsum("nki,nkj->nij", g.unsqueeze(-1) * beta, eta)
+        return T.velocity, J
 
     def jacobian(self, x: Tensor, t: Time) -> Tensor:
         """Analytic Jacobian ``∂v/∂x`` (Eq. 4), ``(..., d, d)`` with rows = output coordinates.
 
-        ``∇v = Σ_k γ_k A_k + Σ_k b_k (∇γ_k)ᵀ``, ``∇γ_k = γ_k (S_k⁻¹(m_k - x) - Σ_j γ_j S_j⁻¹(m_j - x))``.
+        ``∇v = Σ_k γ_k A_k + Σ_k b_k (∇γ_k)ᵀ``, ``∇γ_k = γ_k (S_k⁻¹(m_k - x) - Σ_j γ_j S_j⁻¹(m_j - x))``,
+        evaluated in the centred form ``Σ_k γ_k A_k - Σ_k γ_k (b_k - v)(u_k - ū)ᵀ`` (accurate far
+        from the data; see the module docstring).
         """
         flat, tt, scalar, batch = self._prepare(x, t)
         _, J = self._jacobian(flat, self._terms(flat, tt, scalar))
@@ -337,23 +408,20 @@ class GaussianMixture:
         """``(v(x, t), J_x v · dx)`` without forming ``J`` (the optional fast forward mode of
         CONTRIBUTING), ``t`` held fixed. ``x``, ``dx`` of shape ``(..., d)``.
 
-        ``J dx = Σ_k γ_k A_k dx + v (ū·dx) - Σ_k γ_k b_k (u_k·dx)``.
+        ``J dx = Σ_k γ_k A_k dx - Σ_k γ_k (b_k - v) ((u_k - ū)·dx)`` (centred, as :meth:`jacobian`).
         """
         flat, tt, scalar, batch = self._prepare(x, t)
         dflat = dx.to(flat).reshape(-1, self.dim)
         if dflat.shape[0] != flat.shape[0]:
             raise ValueError(f"dx must have the shape of x {tuple(x.shape)}, got {tuple(dx.shape)}")
         T = self._terms(flat, tt, scalar)
-        b = self._b(T, flat)
-        g = T.gamma
-        v = (g.unsqueeze(-1) * b).sum(-2)
-        ubar = (g.unsqueeze(-1) * T.u).sum(-2)
+        g = T.gamma.unsqueeze(-1)
         rhs = dflat.unsqueeze(-2).expand(-1, self.n_components, -1)
         w = self._tri(T.chol, self._tri(T.chol, rhs, scalar, transpose=False), scalar, transpose=True)
         Adx = self._matvec(T.M, w, scalar)  # A_k dx = M_k S_k⁻¹ dx
-        jv = (g.unsqueeze(-1) * Adx).sum(-2) + v * (ubar * dflat).sum(-1, keepdim=True) \
-            - (g.unsqueeze(-1) * b * (T.u * dflat.unsqueeze(-2)).sum(-1, keepdim=True)).sum(-2)
-        return v.reshape(*batch, self.dim), jv.reshape(*batch, self.dim)
+        beta, eta = T.spreads()
+        jv = (g * Adx).sum(-2) - (g * beta * (eta * dflat.unsqueeze(-2)).sum(-1, keepdim=True)).sum(-2)
+        return T.velocity.reshape(*batch, self.dim), jv.reshape(*batch, self.dim)
 
     def cond_mean_x1(self, x: Tensor, t: Time, *, per_component: bool = False) -> Tensor:
         """``E[x1 | x_t = x]``.
@@ -396,8 +464,7 @@ class GaussianMixture:
     def score(self, x: Tensor, t: Time) -> Tensor:
         """``∇_x log p_t(x) = Σ_k γ_k S_k⁻¹ (m_k - x)``, shape of ``x (..., d)``."""
         flat, tt, scalar, batch = self._prepare(x, t)
-        T = self._terms(flat, tt, scalar)
-        return -(T.gamma.unsqueeze(-1) * T.u).sum(-2).reshape(*batch, self.dim)
+        return -self._terms(flat, tt, scalar).ubar.reshape(*batch, self.dim)
 
     def sample(self, n: int, generator: torch.Generator | None = None, *,
                return_labels: bool = False) -> Tensor | tuple[Tensor, Tensor]:

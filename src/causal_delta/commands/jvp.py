@@ -10,6 +10,9 @@ import argparse
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "parse_features", "feature_labels"]
 
+MAX_IDENTITY_FEATURES = 64
+"""Without --features or --classifier, samples of at most this many coordinates are read whole."""
+
 HELP = "JVP responses of a trained flow (pixels or classifier logits) to random latent probes"
 DESCRIPTION = (
     "Push random probes z through the generator f of a trained flow and record "
@@ -29,11 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="finite-difference step (default: sqrt / cbrt of the dtype's machine eps)")
     parser.add_argument("--solver", choices=("euler", "midpoint", "rk4", "dopri5"), default="rk4")
     parser.add_argument("--steps", type=int, default=100, help="solver steps (ignored by adaptive dopri5)")
-    what = parser.add_mutually_exclusive_group(required=True)
+    what = parser.add_mutually_exclusive_group()
     what.add_argument("--features", type=str, default=None,
                       help="pixels to read: comma-separated flattened indices, or colon-separated "
                            "multi-indices into the sample shape (e.g. '0:14:8,0:15:8'; missing "
-                           "leading dimensions are 0)")
+                           "leading dimensions are 0). Default without --classifier: every "
+                           f"coordinate, for samples of at most {MAX_IDENTITY_FEATURES} coordinates")
     what.add_argument("--classifier", type=str, default=None,
                       help="classifier checkpoint; responses are its logits")
     parser.add_argument("--probe-kind", choices=("gaussian", "rademacher"), default="gaussian")
@@ -116,6 +120,7 @@ def _load_classifier(path: str, use_ema: bool):
 
 
 def run(args: argparse.Namespace) -> int:
+    import math
     import time
     from pathlib import Path
 
@@ -147,6 +152,13 @@ def run(args: argparse.Namespace) -> int:
     if args.classifier:
         classifier, clf_info, names = _load_classifier(args.classifier, not args.no_ema)
         classifier = classifier.to(dtype)
+    elif args.features is None:
+        size = math.prod(event)
+        if size > MAX_IDENTITY_FEATURES:
+            raise ValueError(f"give --features or --classifier: the samples have {size} coordinates, and "
+                             f"reading all of them is the default only up to {MAX_IDENTITY_FEATURES}")
+        features = list(range(size))  # the identity read-out: every coordinate is a feature
+        names = [f"pixel {i}" for i in features]
     else:
         features = parse_features(args.features, event)
         names = feature_labels(features, event, info.get("data", {}).get("feature_names"))
@@ -165,12 +177,19 @@ def run(args: argparse.Namespace) -> int:
     m = dy.shape[1]
     if names is None or len(names) != m:
         names = [f"logit {k}" for k in range(m)]
+    truth = None  # the data's known correlation of the chosen coordinates (Gaussian sources)
+    known = (info.get("data") or {}).get("corr")
+    if classifier is None and known is not None:
+        full = np.asarray(known, dtype=np.float64)
+        truth = full[np.ix_(features, features)]
     arrays = {
         "responses": dy,
         "sample_index": res.sample_index.cpu().numpy(),
         "names": np.array(names),
         "features": np.array(features if features is not None else [], dtype=np.int64),
     }
+    if truth is not None:
+        arrays["truth_corr"] = truth
     if args.save_samples:
         arrays["x0"] = x0.cpu().numpy()
         if res.samples is not None:
@@ -204,6 +223,9 @@ def run(args: argparse.Namespace) -> int:
         "seconds": elapsed,
         "rms_response": np.sqrt((dy ** 2).mean(0)).tolist(),
         "corr_uncentred": corr,
+        "truth_corr": truth,
+        "truth_note": ("the training data's correlation; a perfectly trained flow on Gaussian data has "
+                       "JVP correlation equal to it (MATH.md §2)") if truth is not None else None,
         "responses_file": npz_path.name,
     }
     report.write_json(out / "report.json", rep)

@@ -120,6 +120,20 @@ class SamplerSource(DataSource):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self._sampler(n, generator).to(torch.float32)
 
+    def describe(self) -> dict[str, Any]:
+        """Name and event shape, plus the known ``mean``, ``cov`` and ``corr`` of a Gaussian source.
+
+        For Gaussian data the JVP correlation of a perfectly trained flow equals ``corr``
+        (``MATH.md`` §2), so ``causal-delta jvp`` / ``dependence`` print it as the truth.
+        """
+        out = super().describe()
+        cov = getattr(self, "cov", None)
+        if isinstance(cov, Tensor) and cov.ndim == 2:
+            sd = cov.diagonal().sqrt()
+            out.update(mean=getattr(self, "mean").tolist(), cov=cov.tolist(),
+                       corr=(cov / sd[:, None] / sd[None, :]).tolist())
+        return out
+
 
 # name -> "module:factory" (imported on first use) or a callable factory(**kwargs) -> DataSource.
 DATA_SOURCES: dict[str, str | Callable[..., DataSource]] = {

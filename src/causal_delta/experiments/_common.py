@@ -137,27 +137,28 @@ def bootstrap_ci(
     n_boot: int = 200,
     level: float = 0.95,
     seed: int = 0,
+    interval: str = "bca",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of ``statistic(indices)`` over resampled rows.
+    """Bootstrap interval of ``statistic(indices)`` over resampled rows.
+
+    A thin wrapper of :func:`causal_delta.dependence.bootstrap_statistic` (one bootstrap for
+    the library and the experiments); reports should record ``interval`` beside the bounds.
 
     Args:
         statistic: maps an index array (rows drawn with replacement from ``range(n)``) to a
             number or an array of numbers.
         n: number of rows (samples) to resample.
         n_boot: number of bootstrap replicates.
-        level: coverage of the two-sided percentile interval.
+        level: coverage of the two-sided interval.
+        interval: ``"bca"`` (bias-corrected and accelerated, default) or ``"percentile"``.
 
     Returns:
         ``(low, high)`` arrays shaped like the statistic (non-finite replicates ignored).
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    rng = np.random.default_rng(seed)
-    reps = np.asarray([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)], dtype=np.float64)
-    alpha = 0.5 * (1.0 - level)
+    from ..dependence import bootstrap_statistic
+
     with np.errstate(all="ignore"), _quiet_nan_warnings():
-        low = np.nanquantile(reps, alpha, axis=0)
-        high = np.nanquantile(reps, 1.0 - alpha, axis=0)
+        _, low, high = bootstrap_statistic(statistic, n, n_boot=n_boot, level=level, seed=seed, interval=interval)
     return low, high
 
 

@@ -10,7 +10,7 @@ An MLP (preset ``mlp-2d``: 10 hidden layers of 1024; paper: lr 1e-4, 1,000 steps
 by flow matching on fresh draws of the target. Reported:
 
 - ``corr_jvp``: the JVP estimate (uncentred, normalised second moment of ``Δ`` over ``n_probe``
-  pairs ``(x0, z)``, forward mode through the solver) with a percentile bootstrap CI;
+  pairs ``(x0, z)``, forward mode through the solver) with a BCa bootstrap CI;
 - ``corr_samples``: the ordinary (centred) correlation of the generated samples, with CI;
 - the learned Jacobian at ``t = 1`` (full 2x2, forward mode) against ``Σ^{1/2}``: its mean
   over ``x0`` and the mean Frobenius gap ``E ‖J(x0) - Σ^{1/2}‖_F``;
@@ -120,6 +120,7 @@ def run_gaussian_2d(config: Gaussian2DConfig, out_dir: str | os.PathLike, *,
         "rho": config.rho,
         "corr_jvp": corr,
         "corr_jvp_ci95": [float(corr_lo), float(corr_hi)],
+        "interval": "bca (bias-corrected and accelerated bootstrap)",
         "corr_jvp_abs_error": abs(corr - config.rho),
         "corr_samples": emp,
         "corr_samples_ci95": [float(emp_lo), float(emp_hi)],

@@ -21,7 +21,7 @@ paper); on 28x28 images the pair is the paper's.
 Region: every pixel pair inside a ``region x region`` square (clipped to the image) centred on
 the pixel pair; for 8x8 digits with ``region = 8`` that is the whole image (2,016 pairs). The
 report gives the Pearson correlation between the JVP and empirical correlation entries (upper
-triangle) and their mean absolute gap, each with a percentile bootstrap CI that resamples the
+triangle) and their mean absolute gap, each with a BCa bootstrap CI that resamples the
 ``(x0, z)`` pairs. Entries that are undefined (a pixel constant across samples) are dropped
 and counted.
 
@@ -250,6 +250,7 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
             "pair_jvp": num(corr_jvp[ia, ib]), "pair_empirical": num(corr_gen[ia, ib]),
             "region_pearson": num(pear_gen), "region_mean_abs_gap": num(gap_gen),
         },
+        "interval": "bca (bias-corrected and accelerated bootstrap, rows resampled)",
     }
 
     figures = []
