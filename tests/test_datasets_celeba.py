@@ -116,3 +116,9 @@ def test_errors(tmp_path, mini):
     (broken / "list_attr_celeba.txt").write_text("\n".join(lines[:2] + [lines[2] + " 1"] + lines[3:]))
     with pytest.raises(ValueError, match="line 3 .* has 41 values, expected 40"):
         C.load_celeba(broken)
+
+
+def test_labels_without_decoding(mini):
+    labels, names = C.load_celeba_labels(mini, split="valid", attributes=["Smiling", "Young"])
+    data = C.load_celeba(mini, split="valid", attributes=["Smiling", "Young"], size=4)
+    assert names == data.attributes and torch.equal(labels, data.labels)

@@ -43,6 +43,7 @@ __all__ = [
     "CelebAData",
     "celeba_attribute_indices",
     "load_celeba",
+    "load_celeba_labels",
     "celeba_source",
 ]
 
@@ -184,6 +185,52 @@ def _seeded_partition(n: int, seed: int) -> Tensor:
     return codes
 
 
+def _select_rows(root, split, attributes, limit, split_seed):
+    """Validate the layout, parse the annotation files; -> (root, names, files, values, rows, cols, partition)."""
+    if split not in CELEBA_SPLITS:
+        raise ValueError(f"split must be one of {CELEBA_SPLITS}, got {split!r}")
+    if limit is not None:
+        check_positive_int("limit", limit)
+    root = _require(Path(root).expanduser(), "root folder")
+    _require(root / _IMAGES, f"image folder {_IMAGES}/")
+    names, files, values = _read_attribute_file(_require(root / _ATTR, f"attribute file {_ATTR}"))
+    if names != CELEBA_ATTRIBUTES:
+        # tolerate a reordered file, but not other names: the analysis refers to them by name
+        unknown = sorted(set(names) - set(CELEBA_ATTRIBUTES))
+        if unknown or len(names) != len(CELEBA_ATTRIBUTES):
+            raise ValueError(f"CelebA: {root / _ATTR} names {unknown or names} are not the 40 official "
+                             f"attributes {list(CELEBA_ATTRIBUTES)}")
+    cols = [names.index(CELEBA_ATTRIBUTES[i]) for i in celeba_attribute_indices(attributes)]
+    partition_path = root / _PARTITION
+    if partition_path.exists():
+        codes, partition = _read_partition_file(partition_path, files), "official"
+    else:
+        codes, partition = _seeded_partition(len(files), split_seed), "seeded"
+    rows = (torch.arange(len(files)) if split == "all"
+            else torch.nonzero(codes == _PARTITION_CODES[split]).flatten())
+    if limit is not None:
+        rows = rows[:limit]
+    if rows.numel() == 0:
+        raise ValueError(f"CelebA: split {split!r} of {root} holds no images")
+    return root, names, files, values, rows, cols, partition
+
+
+def load_celeba_labels(
+    root: str | os.PathLike,
+    *,
+    split: str = "train",
+    attributes: str | Sequence[str] | None = None,
+    limit: int | None = None,
+    split_seed: int = 0,
+) -> tuple[Tensor, tuple[str, ...]]:
+    """The 0/1 labels ``(N, k)`` and the attribute names of a split, without decoding any image.
+
+    Same arguments and errors as :func:`load_celeba` (except that the images are not checked).
+    """
+    _, names, _, values, rows, cols, _ = _select_rows(root, split, attributes, limit, split_seed)
+    return (values[rows][:, cols].to(torch.float32) + 1.0) / 2.0, tuple(names[c] for c in cols)
+
+
 def load_celeba(
     root: str | os.PathLike,
     *,
@@ -216,32 +263,9 @@ def load_celeba(
             image is missing (the message gives the expected layout).
         ValueError: unknown split or attribute name, malformed annotation files.
     """
-    if split not in CELEBA_SPLITS:
-        raise ValueError(f"split must be one of {CELEBA_SPLITS}, got {split!r}")
-    if limit is not None:
-        check_positive_int("limit", limit)
     _parse_size(size), _parse_size(crop)  # validate before the slow part
-    root = _require(Path(root).expanduser(), "root folder")
-    image_dir = _require(root / _IMAGES, f"image folder {_IMAGES}/")
-    names, files, values = _read_attribute_file(_require(root / _ATTR, f"attribute file {_ATTR}"))
-    if names != CELEBA_ATTRIBUTES:
-        # tolerate a reordered file, but not other names: the analysis refers to them by name
-        unknown = sorted(set(names) - set(CELEBA_ATTRIBUTES))
-        if unknown or len(names) != len(CELEBA_ATTRIBUTES):
-            raise ValueError(f"CelebA: {root / _ATTR} names {unknown or names} are not the 40 official "
-                             f"attributes {list(CELEBA_ATTRIBUTES)}")
-    cols = [names.index(CELEBA_ATTRIBUTES[i]) for i in celeba_attribute_indices(attributes)]
-    partition_path = root / _PARTITION
-    if partition_path.exists():
-        codes, partition = _read_partition_file(partition_path, files), "official"
-    else:
-        codes, partition = _seeded_partition(len(files), split_seed), "seeded"
-    rows = (torch.arange(len(files)) if split == "all"
-            else torch.nonzero(codes == _PARTITION_CODES[split]).flatten())
-    if limit is not None:
-        rows = rows[:limit]
-    if rows.numel() == 0:
-        raise ValueError(f"CelebA: split {split!r} of {root} holds no images")
+    root, names, files, values, rows, cols, partition = _select_rows(root, split, attributes, limit, split_seed)
+    image_dir = root / _IMAGES
     chosen = [files[i] for i in rows.tolist()]
     iterator = chosen
     if progress or (progress is None and len(chosen) >= 2000):
