@@ -80,6 +80,14 @@ def test_held_out_report_matches_sklearn(tmp_path):
         assert rep["held_out"] == res.report["held_out"]
     # regression outputs are attribute values: their mean is near the targets' mean (3a + 1 ~ 1)
     assert abs(float(clf(x).mean(0)[0]) - float(yr[:, 0].mean())) < 0.5
+    # the read-out's own forward_jvp (scale applied to the tangent, not the shift) = torch.func.jvp
+    dx = torch.randn(x[:4].shape, generator=torch.Generator().manual_seed(5))
+    y1, dy1 = clf.forward_jvp(x[:4], dx)
+    y2, dy2 = torch.func.jvp(clf, (x[:4],), (dx,))
+    assert torch.allclose(y1, y2, atol=1e-6) and torch.allclose(dy1, dy2, rtol=1e-5, atol=1e-6)
+    train_rows = sorted(set(range(160)) - set(idx))
+    assert torch.allclose(clf.scale, yr[train_rows].double().std(0).float()) and torch.allclose(
+        clf.shift, yr[train_rows].double().mean(0).float())
 
 
 def test_roc_auc_with_ties_and_one_class():
@@ -105,7 +113,7 @@ def test_select_and_output_mismatch_errors(tmp_path):
     clf = load_classifier(tmp_path / "sel")
     right = load_classifier(tmp_path / "sel", attributes=["right"])
     assert right.attributes == ("right",) and torch.equal(right(x[:3])[:, 0], clf(x[:3])[:, 1])
-    y, dy = right.forward_jvp(x[:3], torch.ones_like(x[:3]))
+    _, dy = right.forward_jvp(x[:3], torch.ones_like(x[:3]))
     assert dy.shape == (3, 1)
     with pytest.raises(ValueError, match=r"classifier outputs \['left', 'right'\] do not include \['Rosy_Cheeks'\]"):
         load_classifier(tmp_path / "sel", attributes=["Rosy_Cheeks"])

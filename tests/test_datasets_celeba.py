@@ -9,8 +9,8 @@ import pytest
 import torch
 from _celeba_fixture import make_mini_celeba
 
-from causal_delta.datasets import load_data_source
 from causal_delta.datasets import celeba as C
+from causal_delta.datasets import load_data_source
 from causal_delta.datasets.images import read_image
 
 

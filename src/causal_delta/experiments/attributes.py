@@ -304,7 +304,7 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
                                 seed=config.seed)
         norms = dy.norm(dim=1, keepdim=True)
         keep = norms[:, 0] <= torch.quantile(norms[:, 0], 0.99)
-        rms = lambda t: float(t.pow(2).mean().sqrt())  # noqa: E731
+        rms = lambda t: float(t.pow(2).mean().sqrt())
         results: dict[str, Any] = {
             "attributes": {"common_cause": triple[0], "pair": list(triple[1:])},
             "empirical_labels": _label_stats(labels, config),
