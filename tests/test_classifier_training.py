@@ -175,3 +175,30 @@ def test_cli_npz_celeba_and_errors(tmp_path, capsys):
     assert "--weights FILE" in out and "never downloaded" in out
     r = _cli(cwd=tmp_path, capsys=capsys)
     assert r[0] == 0 and "train" in r[1]
+
+
+def test_cli_evaluate(tmp_path, capsys):
+    root = make_mini_celeba(tmp_path / "celeba", n=24)
+    r = _cli("train", "--data", "celeba", "--celeba-root", str(root), "--attributes", "Heavy_Makeup", "Pointy_Nose",
+             "--image-size", "16", "--steps", "2", "--batch-size", "4", "--out", "clf", "--no-progress",
+             cwd=tmp_path, capsys=capsys)
+    assert r[0] == 0, r[2]
+    r = _cli("evaluate", "--classifier", "clf", "--data", "celeba", "--celeba-root", str(root), "--split", "all",
+             "--attributes", "Pointy_Nose", "--out", "ev", cwd=tmp_path, capsys=capsys)
+    assert r[0] == 0, r[2]
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert rep["n"] == 24 and list(rep["per_attribute"]) == ["Pointy_Nose"]
+    from sklearn.metrics import roc_auc_score
+
+    from causal_delta.datasets.celeba import load_celeba
+
+    data = load_celeba(root, split="all", attributes=["Pointy_Nose"], size=16)
+    with torch.no_grad():
+        scores = load_classifier(tmp_path / "clf", attributes=["Pointy_Nose"])(data.images)[:, 0].numpy()
+    assert rep["per_attribute"]["Pointy_Nose"]["roc_auc"] == pytest.approx(
+        roc_auc_score(data.labels[:, 0].numpy(), scores), abs=1e-12)
+    # an .npz whose columns do not include the classifier's outputs: one clear line
+    np.savez(tmp_path / "other.npz", images=np.zeros((4, 3, 16, 16), np.float32), targets=np.zeros((4, 1)),
+             attributes=np.array(["Smiling"]))
+    r = _cli("evaluate", "--classifier", "clf", "--data", "other.npz", cwd=tmp_path, capsys=capsys)
+    assert r[0] == 2 and "classifier outputs ['Heavy_Makeup', 'Pointy_Nose'] are not all columns" in r[2]

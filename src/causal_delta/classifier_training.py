@@ -27,7 +27,6 @@ for regression heads.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -38,9 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from ._classifier_data import _fingerprint, _load_data, read_npz
+from ._classifier_report import _summary, evaluate_classifier, roc_auc
 from ._validation import check_nonnegative, check_positive_int
+from .models.readout import HEADS, AttributeClassifier
 
 __all__ = [
     "HEADS",
@@ -50,10 +52,9 @@ __all__ = [
     "train_classifier",
     "load_classifier",
     "evaluate_classifier",
+    "read_npz",
     "roc_auc",
 ]
-
-HEADS = ("binary", "regression")
 
 
 @dataclass
@@ -157,72 +158,6 @@ class ClassifierTrainConfig:
         return cls(**d)
 
 
-class AttributeClassifier(nn.Module):
-    r"""A trained read-out with named outputs: ``forward(x) = (σ ⊙ net(x) + μ)[:, index]``.
-
-    For binary heads ``σ = 1, μ = 0`` (outputs are logits); for regression heads the outputs
-    are attribute values. ``forward_jvp(x, dx)`` returns the outputs and ``J dx`` (the network's
-    own ``forward_jvp`` when it has one, else :func:`torch.func.jvp`), so
-    :func:`causal_delta.jvp.attribute_jvp` uses the fast path.
-
-    Attributes:
-        net: the network, (B, *event) -> (B, m_all).
-        attributes: names of the outputs, in order.
-        head: ``"binary"`` or ``"regression"``.
-    """
-
-    def __init__(self, net: nn.Module, attributes: Sequence[str], head: str = "binary", *,
-                 shift: Tensor | None = None, scale: Tensor | None = None,
-                 index: Sequence[int] | None = None, all_attributes: Sequence[str] | None = None) -> None:
-        super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        self.net = net
-        self.head = head
-        self.all_attributes = tuple(all_attributes if all_attributes is not None else attributes)
-        m = len(self.all_attributes)
-        self.register_buffer("shift", torch.zeros(m) if shift is None else shift.detach().float().clone())
-        self.register_buffer("scale", torch.ones(m) if scale is None else scale.detach().float().clone())
-        self.index = None if index is None else list(index)
-        self.attributes = tuple(attributes)
-
-    def _affine(self, out: Tensor, *, derivative: bool = False) -> Tensor:
-        out = out * self.scale.to(out.dtype) if self.head == "regression" else out
-        if self.head == "regression" and not derivative:
-            out = out + self.shift.to(out.dtype)
-        return out if self.index is None else out[:, self.index]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Outputs ``(B, len(attributes))``."""
-        return self._affine(self.net(x))
-
-    def forward_jvp(self, x: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
-        """Outputs and their directional derivative ``J_x C · dx``; both ``(B, len(attributes))``."""
-        fj = getattr(self.net, "forward_jvp", None)
-        y, dy = fj(x, dx) if fj is not None else torch.func.jvp(self.net, (x,), (dx,))
-        return self._affine(y), self._affine(dy, derivative=True)
-
-    def select(self, attributes: Sequence[str]) -> AttributeClassifier:
-        """The same read-out restricted to ``attributes`` (in that order; shares the network).
-
-        Raises:
-            ValueError: a name the classifier does not output (the message lists its outputs).
-        """
-        names = [attributes] if isinstance(attributes, str) else list(attributes)
-        missing = [a for a in names if a not in self.attributes]
-        if missing or not names:
-            raise ValueError(f"classifier outputs {list(self.attributes)} do not include {missing or names}; "
-                             f"train it on those attributes or choose among its outputs")
-        base = self.index if self.index is not None else list(range(len(self.all_attributes)))
-        idx = [base[self.attributes.index(a)] for a in names]
-        out = AttributeClassifier(self.net, names, self.head, shift=self.shift, scale=self.scale, index=idx,
-                                  all_attributes=self.all_attributes)
-        return out.train(self.training)
-
-    def extra_repr(self) -> str:
-        return f"head={self.head!r}, attributes={list(self.attributes)}"
-
-
 @dataclass
 class ClassifierTrainResult:
     """Outcome of :func:`train_classifier`.
@@ -250,171 +185,6 @@ class ClassifierTrainResult:
     device: str
     seconds: float
     resumed_from: int = 0
-
-
-@dataclass
-class _Data:
-    train_x: Tensor
-    train_y: Tensor
-    eval_x: Tensor
-    eval_y: Tensor
-    attributes: tuple[str, ...]
-    source: str
-    eval_index: list[int] | None = None  # rows of the given data held out (npz / tensors)
-
-
-def _as_images(x: Any, name: str) -> Tensor:
-    x = torch.as_tensor(np.asarray(x)) if not isinstance(x, Tensor) else x
-    if x.ndim < 2 or x.shape[0] < 2:
-        raise ValueError(f"{name} must have shape (N, C, H, W) or (N, d) with N >= 2, got {tuple(x.shape)}")
-    if x.dtype == torch.uint8:
-        x = x.float() / 127.5 - 1.0  # 8-bit images -> [-1, 1], as the image loaders
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be floating point or uint8, got dtype {x.dtype}")
-    return x.to(torch.float32).contiguous()
-
-
-def _as_targets(y: Any, n: int, name: str = "targets") -> Tensor:
-    y = torch.as_tensor(np.asarray(y)) if not isinstance(y, Tensor) else y
-    y = y.reshape(-1, 1) if y.ndim == 1 else y
-    if y.ndim != 2 or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n}, m) to match the images, got {tuple(y.shape)}")
-    y = y.to(torch.float32).contiguous()
-    if not torch.isfinite(y).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf entries")
-    return y
-
-
-def _load_data(cfg: ClassifierTrainConfig, images: Any, targets: Any) -> _Data:
-    if cfg.data == "celeba":
-        from .datasets.celeba import load_celeba
-
-        kw = dict(attributes=cfg.attributes, size=cfg.image_size)
-        tr = load_celeba(cfg.celeba_root, split="train", limit=cfg.limit, **kw)
-        ev = load_celeba(cfg.celeba_root, split="valid", limit=cfg.eval_limit, **kw)
-        return _Data(tr.images, tr.labels, ev.images, ev.labels, tr.attributes, f"celeba:{tr.source}")
-    names = None
-    if cfg.data == "tensors":
-        if images is None or targets is None:
-            raise ValueError("data 'tensors' needs images and targets passed to train_classifier")
-        source = "tensors"
-    else:
-        if images is not None or targets is not None:
-            raise ValueError(f"images/targets are only used with data='tensors', not data={cfg.data!r}")
-        path = Path(cfg.data).expanduser()
-        if path.suffix != ".npz":
-            raise ValueError(f"data must be 'celeba', 'tensors' or a path to a .npz file, got {cfg.data!r}")
-        if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {path} (a .npz with arrays 'images' (N, C, H, W) "
-                                    f"and 'targets' (N, m))")
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("images", "targets") if k not in npz.files]
-            if missing:
-                raise ValueError(f"{path} lacks array(s) {missing}; it has {npz.files}")
-            images, targets = npz["images"], npz["targets"]
-            names = [str(a) for a in npz["attributes"]] if "attributes" in npz.files else None
-        source = str(path)
-    x = _as_images(images, "images")
-    y = _as_targets(targets, x.shape[0])
-    m = y.shape[1]
-    if cfg.attributes is not None and names is not None and list(cfg.attributes) != names:
-        raise ValueError(f"attributes {cfg.attributes} differ from the names stored in {cfg.data}: {names}")
-    names = list(cfg.attributes) if cfg.attributes is not None else (names or [f"attr_{k}" for k in range(m)])
-    if len(names) != m:
-        raise ValueError(f"attributes name {len(names)} outputs but the targets have {m} columns")
-    if cfg.head == "binary" and not ((y == 0) | (y == 1)).all():
-        raise ValueError("head 'binary' needs targets in {0, 1}; use head='regression' for continuous ones")
-    n = x.shape[0]
-    n_eval = min(max(1, round(cfg.holdout_fraction * n)), n - 1)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
-    ev, tr = perm[:n_eval].sort().values, perm[n_eval:].sort().values
-    return _Data(x[tr], y[tr], x[ev], y[ev], tuple(names), source, ev.tolist())
-
-
-def _fingerprint(*tensors: Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def roc_auc(scores: Any, labels: Any) -> float:
-    r"""Area under the ROC curve, ``P(s⁺ > s⁻) + ½ P(s⁺ = s⁻)`` (Mann–Whitney U with mid-ranks).
-
-    Args:
-        scores: ``(n,)`` real scores (higher means class 1).
-        labels: ``(n,)`` in {0, 1}.
-
-    Returns:
-        The AUC in [0, 1], or NaN when only one class is present.
-    """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels).reshape(-1) > 0.5
-    n1 = int(y.sum())
-    n0 = y.size - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ordered = s[order]
-    cuts = np.flatnonzero(np.diff(ordered)) + 1
-    starts, ends = np.r_[0, cuts], np.r_[cuts, s.size]
-    ranks = np.empty(s.size)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # mid-ranks of tie groups, 1-based
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
-def evaluate_classifier(classifier: nn.Module, images: Tensor, targets: Tensor, *, head: str = "binary",
-                        attributes: Sequence[str] | None = None, batch_size: int = 256) -> dict[str, Any]:
-    """Held-out metrics of ``classifier`` (eval mode, no gradients) on ``images`` / ``targets`` (N, m).
-
-    Returns:
-        ``{"n", "head", "per_attribute": {name: {...}}, "mean": {...}}``: accuracy, ROC-AUC and
-        positive rate (binary) or R² and RMSE (regression) per attribute, and their means.
-    """
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    was_training = classifier.training
-    classifier.eval()
-    device = next((p.device for p in classifier.parameters()), torch.device("cpu"))
-    with torch.no_grad():
-        out = torch.cat([classifier(images[s: s + batch_size].to(device)).float().cpu()
-                         for s in range(0, images.shape[0], batch_size)])
-    classifier.train(was_training)
-    y = targets.float()
-    if out.shape != y.shape:
-        raise ValueError(f"classifier outputs {tuple(out.shape[1:])} per image, the targets have {tuple(y.shape[1:])}")
-    names = list(attributes) if attributes is not None else [f"attr_{k}" for k in range(y.shape[1])]
-    per: dict[str, dict[str, float]] = {}
-    for k, name in enumerate(names):
-        o, t = out[:, k].double(), y[:, k].double()
-        if head == "binary":
-            per[name] = {"accuracy": float(((o > 0).double() == t).double().mean()),
-                         "roc_auc": roc_auc(o.numpy(), t.numpy()), "positive_rate": float(t.mean())}
-        else:
-            ss_tot = float(((t - t.mean()) ** 2).sum())
-            ss_res = float(((t - o) ** 2).sum())
-            per[name] = {"r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
-                         "rmse": math.sqrt(ss_res / t.numel())}
-    keys = ("accuracy", "roc_auc") if head == "binary" else ("r2", "rmse")
-    mean = {k: float(np.nanmean([v[k] for v in per.values()])) if any(math.isfinite(v[k]) for v in per.values())
-            else float("nan") for k in keys}
-    return {"n": int(y.shape[0]), "head": head, "per_attribute": per, "mean": mean}
-
-
-def _summary(report: dict[str, Any]) -> str:
-    from .experiments._common import markdown_table
-
-    ev = report["held_out"]
-    cols = ["accuracy", "roc_auc"] if ev["head"] == "binary" else ["r2", "rmse"]
-    rows = [[name, *[v[c] for c in cols]] for name, v in ev["per_attribute"].items()]
-    rows.append(["**mean**", *[ev["mean"][c] for c in cols]])
-    return "\n".join([
-        f"# classifier ({report['arch']}, {ev['head']} head)", "",
-        f"{report['step']} steps on {report['n_train']} training examples from {report['source']}; "
-        f"held-out set of {ev['n']}; {report['seconds']:.1f} s on {report['device']}.", "",
-        markdown_table(["attribute", *cols], rows), "",
-    ])
 
 
 def train_classifier(
@@ -449,12 +219,19 @@ def train_classifier(
     from . import report as _report
     from .checkpoint import load_checkpoint, save_checkpoint
     from .models import build_classifier
-    from .training import _check_resumable, _find_resume, _rng_state, _set_rng_state, learning_rate, resolve_device
+    from .training import (
+        _check_resumable,
+        _find_resume,
+        _rng_state,
+        _set_rng_state,
+        learning_rate,
+        resolve_device,
+    )
 
     config.validate()
     start_time = time.perf_counter()
     device = resolve_device(config.device)
-    data = _load_data(config, images, targets)
+    data = _load_data(config, images, targets, progress=None if progress else False)
     fingerprint = _fingerprint(data.train_x, data.train_y)
     m = data.train_y.shape[1]
     event_shape = tuple(data.train_x.shape[1:])

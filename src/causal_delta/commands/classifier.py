@@ -7,8 +7,8 @@ import argparse
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
 HELP = "train attribute classifiers / regressors (CelebA or an .npz of images and targets)"
-DESCRIPTION = ("attribute read-outs C for attribute-level JVPs; action 'train' (see `causal-delta classifier "
-               "train --help`)")
+DESCRIPTION = ("attribute read-outs C for attribute-level JVPs; actions 'train' and 'evaluate' (see "
+               "`causal-delta classifier train --help`)")
 _TRAIN_DESCRIPTION = """Attribute read-outs C for attribute-level JVPs (Delta y = J_{C o f} z).
 
   causal-delta classifier train --data celeba --celeba-root DIR --attributes Heavy_Makeup Pointy_Nose
@@ -53,11 +53,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="resume from the latest checkpoint in --out, or from PATH")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    e = sub.add_parser("evaluate", help="held-out report of a trained read-out on CelebA or an .npz",
+                       description="Accuracy and ROC-AUC (binary) or R^2 (regression) per attribute of a "
+                                   "classifier trained with `classifier train`, written to --out/report.json "
+                                   "and summary.md.")
+    e.add_argument("--classifier", required=True, metavar="RUN", help="run folder or checkpoint of the classifier")
+    e.add_argument("--data", required=True, metavar="celeba|FILE.npz", help="as for train (all rows of an .npz)")
+    e.add_argument("--celeba-root", default=None, metavar="DIR", help="CelebA folder (--data celeba)")
+    e.add_argument("--split", choices=("train", "valid", "test", "all"), default="test", help="CelebA split")
+    e.add_argument("--attributes", nargs="+", default=None, metavar="NAME",
+                   help="evaluate these outputs only (default: all the classifier's outputs)")
+    e.add_argument("--limit", type=int, default=None, help="at most this many images")
+    e.add_argument("--out", default="runs/classifier-eval", help="report folder")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.set_defaults(_parser=parser)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..classifier_training import evaluate_classifier, load_classifier, read_npz
+    from ..report import write_json, write_text
+    from ..training import resolve_device
+
+    device = resolve_device(args.device)
+    clf = load_classifier(args.classifier, attributes=args.attributes, device=device)
+    names = list(clf.attributes)
+    if args.data == "celeba":
+        from ..datasets.celeba import load_celeba
+
+        if not args.celeba_root:
+            raise ValueError("--data celeba needs --celeba-root DIR")
+        size = tuple(clf.net.config.event_shape[1:])
+        data = load_celeba(args.celeba_root, split=args.split, attributes=names, size=size, limit=args.limit)
+        images, targets, source = data.images, data.labels, f"celeba:{data.source}:{args.split}"
+    else:
+        path = Path(args.data).expanduser()
+        images, targets, stored = read_npz(path)
+        images, targets = images[: args.limit], targets[: args.limit]
+        if stored is not None:
+            missing = [a for a in names if a not in stored]
+            if missing:
+                raise ValueError(f"classifier outputs {names} are not all columns of {path}: missing {missing}; "
+                                 f"its columns are {stored}")
+            targets = targets[:, [stored.index(a) for a in names]]
+        source = str(path)
+    report = evaluate_classifier(clf, images, targets, head=clf.head, attributes=names)
+    report = {"classifier": str(args.classifier), "source": source, **report}
+    out = Path(args.out)
+    write_json(out / "report.json", report)
+    from ..experiments._common import markdown_table
+
+    cols = ["accuracy", "roc_auc"] if clf.head == "binary" else ["r2", "rmse"]
+    rows = [[n, *[v[c] for c in cols]] for n, v in report["per_attribute"].items()]
+    rows.append(["**mean**", *[report["mean"][c] for c in cols]])
+    write_text(out / "summary.md", f"# classifier evaluation ({clf.head} head)\n\n{report['n']} images from "
+                                   f"{source}.\n\n" + markdown_table(["attribute", *cols], rows) + "\n")
+    print(f"evaluated on {report['n']} images: mean " + ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items()))
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "action", None) != "train":
+    action = getattr(args, "action", None)
+    if action == "evaluate":
+        return _evaluate(args)
+    if action != "train":
         args._parser.print_help()
         return 0
     from ..classifier_training import ClassifierTrainConfig, train_classifier

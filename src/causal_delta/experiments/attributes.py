@@ -144,6 +144,10 @@ def top_share(values: Any, fraction: float = 0.01) -> float:
     return float(v2[: max(1, math.ceil(fraction * v2.size))].sum() / total)
 
 
+def _rms(t: torch.Tensor) -> float:
+    return float(t.pow(2).mean().sqrt())
+
+
 def _check_config(config: AttributesConfig) -> tuple[str, str, str]:
     from ..datasets.celeba import celeba_attribute_indices
 
@@ -304,7 +308,6 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
                                 seed=config.seed)
         norms = dy.norm(dim=1, keepdim=True)
         keep = norms[:, 0] <= torch.quantile(norms[:, 0], 0.99)
-        rms = lambda t: float(t.pow(2).mean().sqrt())
         results: dict[str, Any] = {
             "attributes": {"common_cause": triple[0], "pair": list(triple[1:])},
             "empirical_labels": _label_stats(labels, config),
@@ -313,7 +316,7 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
             "conditioned": {**cond_ci, "quantile": config.condition_quantile, "threshold": cond.threshold,
                             "kept": cond.kept, "n": int(dy.shape[0])},
             "hold_fixed": {**_boot_pair(dy_hf, config), "n": int(dy_hf.shape[0]),
-                           "residual_rms_ratio_common_cause": rms(dy_hf[:, 0]) / max(rms(dy[: n_hf, 0]), 1e-300)},
+                           "residual_rms_ratio_common_cause": _rms(dy_hf[:, 0]) / max(_rms(dy[:n_hf, 0]), 1e-300)},
             "robust": {"row_normalised": _boot_pair(dy / norms.clamp_min(1e-300), config),
                        "trimmed_top_1pct": _boot_pair(dy[keep], config)},
             "top_1pct_share_of_second_moment": {
@@ -399,9 +402,10 @@ def _summary(results: dict[str, Any], config: AttributesConfig) -> str:
     fid_rows = [[name, fid["label_positive_rate_train"][c], fid["real_held_out"]["predicted_positive_rate"][c],
                  fid["generated"]["predicted_positive_rate"][c]] for c, name in enumerate((k, i, j))]
     fid_rows.append([f"Corr({i}, {j}) of predicted labels", emp["pair"]["estimate"],
-                     fid["real_held_out"]["pair_corr_predicted_labels"], fid["generated"]["pair_corr_predicted_labels"]])
-    fid_table = C.markdown_table(["generator fidelity", "labels (train)", "classifier on real", "classifier on generated"],
-                                 fid_rows)
+                     fid["real_held_out"]["pair_corr_predicted_labels"],
+                     fid["generated"]["pair_corr_predicted_labels"]])
+    fid_table = C.markdown_table(
+        ["generator fidelity", "labels (train)", "classifier on real", "classifier on generated"], fid_rows)
     tails = ", ".join(f"{name} {C.fmt(v, 3)}" for name, v in results["top_1pct_share_of_second_moment"].items())
     clf = results["classifier"]["held_out"]
     clf_line = (f"Classifier held-out mean accuracy {C.fmt(clf['mean']['accuracy'])}, ROC-AUC "

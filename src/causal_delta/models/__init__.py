@@ -39,6 +39,7 @@ from .classifier import (
     build_classifier,
 )
 from .mlp import MLP, MLPConfig
+from .readout import AttributeClassifier
 from .unet import UNet, UNetConfig
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "ResNetClassifierConfig",
     "CLASSIFIER_ARCHS",
     "build_classifier",
+    "AttributeClassifier",
 ]
 
 PRESETS: dict[str, dict[str, Any]] = {
