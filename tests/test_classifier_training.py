@@ -160,12 +160,14 @@ def test_cli_npz_celeba_and_errors(tmp_path, capsys):
     assert rep["attributes"] == ["size", "hue"] and set(rep["held_out"]["mean"]) == {"r2", "rmse"}
     root = make_mini_celeba(tmp_path / "celeba", n=24)
     r = _cli("train", "--data", "celeba", "--celeba-root", str(root), "--attributes", "Heavy_Makeup", "Pointy_Nose",
-             "--image-size", "16", "--steps", "3", "--batch-size", "4", "--out", "clf", "--no-progress", cwd=tmp_path, capsys=capsys)
+             "--image-size", "16", "--steps", "3", "--batch-size", "4", "--out", "clf", "--no-progress",
+             cwd=tmp_path, capsys=capsys)
     assert r[0] == 0, r[2]
     rep = json.loads((tmp_path / "clf" / "report.json").read_text())
     assert rep["attributes"] == ["Heavy_Makeup", "Pointy_Nose"] and rep["n_train"] == 16
     assert rep["held_out"]["n"] == 3 and "roc_auc" in rep["held_out"]["per_attribute"]["Pointy_Nose"]
-    r = _cli("train", "--data", "celeba", "--celeba-root", str(root), "--attributes", "Pointy_Noze", cwd=tmp_path, capsys=capsys)
+    r = _cli("train", "--data", "celeba", "--celeba-root", str(root), "--attributes", "Pointy_Noze",
+             cwd=tmp_path, capsys=capsys)
     assert r[0] == 2 and "did you mean ['Pointy_Nose']" in r[2] and len(r[2].strip().splitlines()) == 1
     r = _cli("train", "--data", "missing.npz", cwd=tmp_path, capsys=capsys)
     assert r[0] == 2 and "data file not found" in r[2]
