@@ -86,7 +86,10 @@ class AttributesConfig(C.SizedConfig):
         condition_quantile: kept fraction when conditioning on small ``|Δy_k|``.
         sweep_quantiles: kept fractions of the threshold sweep.
         hold_fixed_samples, hold_fixed_chunk: samples (and per-call batch) of the hold-fixed
-            estimate (one reverse-mode gradient through the solver per sample).
+            estimate: one reverse-mode gradient through the whole solver per sample, whose memory
+            grows with the solver steps (``unet-64`` at 64 x 64 saves ~260 MB per image and
+            velocity evaluation, so 100 evaluations at batch 2 need ~52 GB; ``unet-small``
+            base 16 at 32 x 32, ~3.5 MB).
         fidelity_images: real held-out images the classifier is run on for the fidelity check.
         n_boot: bootstrap replicates; device: ``"auto"``, ``"cpu"`` or ``"cuda"``; seed; size.
     """
@@ -114,11 +117,11 @@ class AttributesConfig(C.SizedConfig):
     method: str = "midpoint"
     solver_steps: int = 50
     n_samples: int = 10_000
-    chunk_size: int = 250
+    chunk_size: int = 100
     condition_quantile: float = 0.17
     sweep_quantiles: tuple = (1.0, 0.5, 0.3, 0.17, 0.1, 0.05)
-    hold_fixed_samples: int = 2_000
-    hold_fixed_chunk: int = 4
+    hold_fixed_samples: int = 1_000
+    hold_fixed_chunk: int = 2
     fidelity_images: int = 2_000
     n_boot: int = 1000
     device: str = "auto"
@@ -132,7 +135,7 @@ class AttributesConfig(C.SizedConfig):
         eval_limit=1000, preset="unet-small", overrides=(("base_channels", 16),), lr=2e-3, train_steps=2000,
         batch_size=64, ema_decay=None, classifier_arch="small-cnn", classifier_steps=500, classifier_batch_size=64,
         classifier_lr=3e-3, solver_steps=10, n_samples=500, chunk_size=250, hold_fixed_samples=200,
-        hold_fixed_chunk=50, fidelity_images=500, n_boot=200, device="cpu", size="quick")
+        hold_fixed_chunk=25, fidelity_images=500, n_boot=200, device="cpu", size="quick")
 
 
 def top_share(values: Any, fraction: float = 0.01) -> float:
