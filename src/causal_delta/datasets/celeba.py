@@ -272,16 +272,21 @@ def load_celeba(
         from tqdm.auto import tqdm
 
         iterator = tqdm(chosen, desc=f"CelebA {split}", unit="img", dynamic_ncols=True, leave=False)
-    images = []
-    for name in iterator:
+    images: Tensor | None = None  # filled in place: one copy of the data set in memory, not two
+    for n, name in enumerate(iterator):
         path = image_dir / name
         if not path.is_file():
             raise FileNotFoundError(f"CelebA: image {path} listed in {_ATTR} not found; {_LAYOUT}")
-        images.append(read_image(path, mode="RGB", crop=crop, size=size))
-    unit = torch.stack(images)
+        img = read_image(path, mode="RGB", crop=crop, size=size)
+        if images is None:
+            images = torch.empty(len(chosen), *img.shape)
+        elif img.shape != images.shape[1:]:
+            raise ValueError(f"CelebA: {path} is {tuple(img.shape[1:])} after cropping, the first image "
+                             f"{tuple(images.shape[2:])}; pass size (e.g. 64)")
+        images[n] = img.mul_(2.0).sub_(1.0)
     labels = (values[rows][:, cols].to(torch.float32) + 1.0) / 2.0
     return CelebAData(
-        images=(2.0 * unit - 1.0).contiguous(),
+        images=images,
         labels=labels.contiguous(),
         attributes=tuple(names[c] for c in cols),
         files=tuple(chosen),
