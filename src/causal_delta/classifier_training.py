@@ -10,8 +10,9 @@ A read-out maps images (or vectors) ``x`` to ``m`` attribute outputs. Two heads:
 
 The loop mirrors :func:`causal_delta.training.train` and reuses its pieces: AdamW, the same
 learning-rate schedule (:func:`~causal_delta.training.learning_rate`), gradient clipping, one
-CPU ``torch.Generator`` for every random draw (minibatch indices, drawn with replacement, and
-the held-out split), model initialisation inside ``fork_rng``, and atomic checkpoints
+CPU ``torch.Generator`` for every minibatch draw (indices with replacement; the held-out split
+is a permutation from a second generator seeded alike), model initialisation inside
+``fork_rng``, and atomic checkpoints
 (:mod:`causal_delta.checkpoint`) holding weights, optimiser, generator and RNG states and the
 loss history, so a resumed CPU run reproduces an uninterrupted one bit for bit.
 
