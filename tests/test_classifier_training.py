@@ -39,7 +39,7 @@ def test_resume_to_2n_equals_2n_straight(tmp_path, head, arch):
     y = yb if head == "binary" else yr
     kw = dict(head=head, arch=arch, model_args={} if arch == "resnet18" else None)
     kw = {k: v for k, v in kw.items() if v is not None}
-    n = 2 if arch == "resnet18" else 6
+    n = 1 if arch == "resnet18" else 6
     straight = train_classifier(_cfg(tmp_path, "straight", steps=2 * n, **kw), images=x, targets=y, progress=False)
     first = train_classifier(_cfg(tmp_path, "split", steps=n, **kw), images=x, targets=y, progress=False)
     resumed = train_classifier(_cfg(tmp_path, "split", steps=2 * n, **kw), images=x, targets=y, progress=False,
