@@ -138,11 +138,10 @@ def test_cli_all_quick_minimal(tmp_path, capsys):
 
 
 def test_attributes_needs_celeba_root(tmp_path, capsys):
-    _, run = get_experiment("attributes")
-    config_cls, _ = get_experiment("attributes")
-    with pytest.raises(ValueError, match=r"needs --celeba-root \(CelebA attribute pipeline comes in a later release\)"):
+    config_cls, run = get_experiment("attributes")
+    with pytest.raises(ValueError, match=r"needs --celeba-root: the CelebA folder"):
         run(config_cls.quick(), tmp_path)
-    with pytest.raises(ValueError, match="later release"):
+    with pytest.raises(FileNotFoundError, match="CelebA: image folder img_align_celeba/ not found"):
         run(config_cls.quick(celeba_root=str(tmp_path)), tmp_path)
     assert cli.main(["reproduce", "attributes", "--quick", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err

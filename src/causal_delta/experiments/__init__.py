@@ -13,7 +13,7 @@ is imported until :func:`get_experiment` is called.
 | ``gaussian-2d`` | Section 5.5 (rho = 0.55) | :mod:`.gaussian_2d` |
 | ``mixture`` | Table 4, Figure 2 (+ learned flow) | :mod:`.mixture_learned` (calls :mod:`.mixture`) |
 | ``pixels`` | Section 6.3, Table 5 | :mod:`.pixels` |
-| ``attributes`` | Section 6.4, Table 6 (CelebA) | :mod:`.attributes` (not built yet) |
+| ``attributes`` | Section 6.4, Table 6 (CelebA) | :mod:`.attributes` |
 """
 
 from __future__ import annotations

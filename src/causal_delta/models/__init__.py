@@ -28,8 +28,18 @@ from typing import Any
 
 from torch import nn
 
-from .classifier import ImageClassifier, ImageClassifierConfig, MLPClassifier, MLPClassifierConfig
+from .classifier import (
+    CLASSIFIER_ARCHS,
+    ImageClassifier,
+    ImageClassifierConfig,
+    MLPClassifier,
+    MLPClassifierConfig,
+    ResNetClassifier,
+    ResNetClassifierConfig,
+    build_classifier,
+)
 from .mlp import MLP, MLPConfig
+from .readout import AttributeClassifier
 from .unet import UNet, UNetConfig
 
 __all__ = [
@@ -44,6 +54,11 @@ __all__ = [
     "ImageClassifierConfig",
     "MLPClassifier",
     "MLPClassifierConfig",
+    "ResNetClassifier",
+    "ResNetClassifierConfig",
+    "CLASSIFIER_ARCHS",
+    "build_classifier",
+    "AttributeClassifier",
 ]
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -101,6 +116,7 @@ _CONFIGS = {
     "unet": (UNetConfig, UNet),
     "image-classifier": (ImageClassifierConfig, ImageClassifier.from_config),
     "mlp-classifier": (MLPClassifierConfig, MLPClassifier.from_config),
+    "resnet-classifier": (ResNetClassifierConfig, ResNetClassifier.from_config),
 }
 
 

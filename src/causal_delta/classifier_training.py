@@ -1,0 +1,388 @@
+r"""Training attribute read-outs ``C`` (classifiers or regressors) with exact resume.
+
+A read-out maps images (or vectors) ``x`` to ``m`` attribute outputs. Two heads:
+
+* ``"binary"``: labels ``y ∈ {0, 1}``; outputs are logits ``s``; loss
+  ``mean_{i,k} BCEWithLogits(s_ik, y_ik)``;
+* ``"regression"``: continuous targets; the network regresses standardised targets
+  ``(y - μ) / σ`` (``μ, σ`` per attribute from the training set) with mean squared error, and
+  the trained read-out outputs ``σ · net(x) + μ``: attribute values in the data's units.
+
+The loop mirrors :func:`causal_delta.training.train` and reuses its pieces: AdamW, the same
+learning-rate schedule (:func:`~causal_delta.training.learning_rate`), gradient clipping, one
+CPU ``torch.Generator`` for every minibatch draw (indices with replacement; the held-out split
+is a permutation from a second generator seeded alike), model initialisation inside
+``fork_rng``, and atomic checkpoints
+(:mod:`causal_delta.checkpoint`) holding weights, optimiser, generator and RNG states and the
+loss history, so a resumed CPU run reproduces an uninterrupted one bit for bit.
+
+Data: ``"celeba"`` (official ``train`` split for training, ``valid`` held out),
+a ``.npz`` file with ``images`` (N, C, H, W) and ``targets`` (N, m) (optional ``attributes``
+names), or in-memory tensors passed to :func:`train_classifier`. For the last two a seeded
+``holdout_fraction`` is held out.
+
+The held-out report (``report.json`` + ``summary.md`` in ``out_dir``) gives per attribute:
+accuracy (logit > 0) and ROC-AUC for binary heads; R² ``= 1 - Σ(y - ŷ)² / Σ(y - ȳ)²`` and RMSE
+for regression heads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._classifier_data import _fingerprint, _load_data, read_npz
+from ._classifier_report import _summary, evaluate_classifier, roc_auc
+from ._validation import check_nonnegative, check_positive_int
+from .models.readout import HEADS, AttributeClassifier
+
+__all__ = [
+    "HEADS",
+    "ClassifierTrainConfig",
+    "ClassifierTrainResult",
+    "AttributeClassifier",
+    "train_classifier",
+    "load_classifier",
+    "evaluate_classifier",
+    "read_npz",
+    "roc_auc",
+]
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """Everything that defines a read-out training run (saved as JSON in every checkpoint).
+
+    Attributes:
+        data: ``"celeba"``, a path to a ``.npz`` file (``images``, ``targets``, optional
+            ``attributes``), or ``"tensors"`` (``images`` / ``targets`` given to
+            :func:`train_classifier`).
+        celeba_root: CelebA folder (``data="celeba"``).
+        attributes: attribute names: CelebA names to train on (``None``: all 40); for other
+            data the names of the target columns (``None``: ``attr_0, attr_1, ...``).
+        image_size: CelebA images are centre-cropped and resized to this (64 as the paper).
+        limit: at most this many training examples (CelebA; ``None``: all).
+        eval_limit: at most this many held-out examples (CelebA; ``None``: all).
+        holdout_fraction: share held out for the report (npz / tensors).
+        arch: :data:`causal_delta.models.CLASSIFIER_ARCHS` (``"small-cnn"``, ``"resnet50"``, ...).
+        model_args: overrides of the architecture's hyper-parameters.
+        weights_path: local file with backbone weights (ResNet only, e.g. ImageNet); never downloaded.
+        head: ``"binary"`` (BCE with logits) or ``"regression"`` (MSE on standardised targets).
+        steps, batch_size, lr, weight_decay, lr_schedule, warmup_steps, grad_clip, seed,
+        checkpoint_every, keep_checkpoints, out_dir, device: as in
+            :class:`causal_delta.training.TrainConfig`.
+        eval_batch_size: batch size of the held-out evaluation.
+    """
+
+    data: str = "tensors"
+    celeba_root: str | None = None
+    attributes: list[str] | None = None
+    image_size: int = 64
+    limit: int | None = None
+    eval_limit: int | None = None
+    holdout_fraction: float = 0.1
+    arch: str = "small-cnn"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    weights_path: str | None = None
+    head: str = "binary"
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
+    eval_batch_size: int = 256
+    out_dir: str = "runs/classifier"
+    device: str = "auto"
+
+    def validate(self) -> ClassifierTrainConfig:
+        """Raise ``ValueError`` naming the first invalid field; return ``self``."""
+        from .models import CLASSIFIER_ARCHS
+        from .training import LR_SCHEDULES, resolve_device
+
+        if not isinstance(self.data, str) or not self.data:
+            raise ValueError(f"data must be 'celeba', 'tensors' or a path to a .npz file, got {self.data!r}")
+        if self.data == "celeba" and not self.celeba_root:
+            raise ValueError("data 'celeba' needs celeba_root (--celeba-root): the CelebA folder")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.arch not in CLASSIFIER_ARCHS:
+            raise ValueError(f"arch must be one of {CLASSIFIER_ARCHS}, got {self.arch!r}")
+        if self.weights_path is not None and not self.arch.startswith("resnet"):
+            raise ValueError(f"weights_path is for the ResNet architectures, not arch {self.arch!r}")
+        for name in ("steps", "batch_size", "eval_batch_size", "image_size"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("limit", "eval_limit"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        check_nonnegative("weight_decay", self.weight_decay)
+        if not 0.0 < float(self.holdout_fraction) < 1.0:
+            raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        for name in ("seed", "checkpoint_every", "keep_checkpoints", "warmup_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.attributes is not None:
+            if isinstance(self.attributes, str) or not all(isinstance(a, str) for a in self.attributes):
+                raise ValueError(f"attributes must be a list of names, got {self.attributes!r}")
+            self.attributes = list(self.attributes)
+        resolve_device(self.device)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClassifierTrainConfig:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown ClassifierTrainConfig field(s) {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class ClassifierTrainResult:
+    """Outcome of :func:`train_classifier`.
+
+    Attributes:
+        classifier: the trained read-out (:class:`AttributeClassifier`, eval mode).
+        losses: loss of every step (those before a resume included).
+        step: steps done.
+        report: the held-out report (as written to ``report.json``).
+        config: the configuration used.
+        checkpoint: the last checkpoint directory.
+        out_dir: the run directory.
+        device: device trained on.
+        seconds: wall time of this call.
+        resumed_from: step the run resumed from (0 for a fresh run).
+    """
+
+    classifier: AttributeClassifier
+    losses: list[float]
+    step: int
+    report: dict[str, Any]
+    config: ClassifierTrainConfig
+    checkpoint: Path
+    out_dir: Path
+    device: str
+    seconds: float
+    resumed_from: int = 0
+
+
+def train_classifier(
+    config: ClassifierTrainConfig,
+    *,
+    images: Tensor | np.ndarray | None = None,
+    targets: Tensor | np.ndarray | None = None,
+    resume: bool | str | Path = False,
+    progress: bool = True,
+    callback: Callable[[int, float], Any] | None = None,
+) -> ClassifierTrainResult:
+    """Train an attribute read-out, write checkpoints and the held-out report.
+
+    Args:
+        config: the run (:class:`ClassifierTrainConfig`).
+        images: ``(N, C, H, W)`` (or ``(N, d)``) float in ``[-1, 1]`` or uint8, with
+            ``config.data == "tensors"``.
+        targets: ``(N, m)`` (or ``(N,)``): 0/1 labels (binary head) or values (regression).
+        resume: as in :func:`causal_delta.training.train` (``False``, ``True``, ``"auto"`` or a
+            path); the data must be the same (checked by a SHA-256 of the training tensors).
+        progress: show a tqdm bar with the running loss.
+        callback: ``callback(step, loss)`` after every step; an exception there stops training.
+
+    Returns:
+        :class:`ClassifierTrainResult`; ``out_dir`` gets ``checkpoints/``, ``report.json`` and
+        ``summary.md``.
+
+    Raises:
+        ValueError: invalid config or data, incompatible resume.
+        FileNotFoundError: missing data, weights or checkpoint.
+    """
+    from . import report as _report
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .models import build_classifier
+    from .training import (
+        _check_resumable,
+        _find_resume,
+        _rng_state,
+        _set_rng_state,
+        learning_rate,
+        resolve_device,
+    )
+
+    config.validate()
+    start_time = time.perf_counter()
+    device = resolve_device(config.device)
+    data = _load_data(config, images, targets, progress=None if progress else False)
+    fingerprint = _fingerprint(data.train_x, data.train_y)
+    m = data.train_y.shape[1]
+    event_shape = tuple(data.train_x.shape[1:])
+    resume_path = _find_resume(config, resume)
+    out_dir = Path(config.out_dir)
+    if config.head == "regression":
+        shift = data.train_y.double().mean(0).float()
+        scale = data.train_y.double().std(0).clamp_min(1e-12).float() if data.train_y.shape[0] > 1 else torch.ones(m)
+    else:
+        shift, scale = torch.zeros(m), torch.ones(m)
+
+    ckpt = None
+    if resume_path is not None:  # check before building the network: a refusal should be quick
+        ckpt = load_checkpoint(resume_path)
+        saved = ckpt.meta.get("classifier_config")
+        if saved is None:
+            raise ValueError(f"resume: {ckpt.path} is not a classifier checkpoint")
+        _check_resumable(config, saved, ckpt.path)
+        if ckpt.meta.get("data", {}).get("sha256") != fingerprint:
+            raise ValueError(f"resume: the training data differ from those of checkpoint {ckpt.path}")
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        net = build_classifier(config.arch, event_shape, m, **config.model_args)
+        if config.weights_path is not None:
+            net.load_backbone(config.weights_path)
+        net = net.to(device)
+        generator = torch.Generator().manual_seed(config.seed)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        losses: list[float] = []
+        step = 0
+        last_ckpt: Path | None = None
+        if ckpt is not None:
+            net.load_state_dict(ckpt.model_state)
+            optimizer.load_state_dict(ckpt.train_state["optimizer"])
+            generator.set_state(ckpt.train_state["generator"])
+            _set_rng_state(ckpt.train_state["rng"])
+            losses = [float(x) for x in ckpt.train_state["losses"]]
+            step = ckpt.step
+            last_ckpt = ckpt.path
+        resumed_from = step
+
+        def checkpoint() -> Path:
+            meta = {
+                "classifier_config": config.to_dict(),
+                "model_config": asdict(net.config),
+                "event_shape": list(event_shape),
+                "head": config.head,
+                "attributes": list(data.attributes),
+                "target_shift": shift.tolist(),
+                "target_scale": scale.tolist(),
+                "data": {"source": data.source, "n_train": int(data.train_x.shape[0]),
+                         "n_eval": int(data.eval_x.shape[0]), "sha256": fingerprint},
+            }
+            train_state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                           "rng": _rng_state(), "losses": list(losses)}
+            return save_checkpoint(out_dir, step, model_state=net.state_dict(), train_state=train_state,
+                                   meta=meta, keep=config.keep_checkpoints)
+
+        net.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        x_all, y_all = data.train_x, (data.train_y - shift) / scale
+        bar = None
+        if progress and step < config.steps:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=config.steps, initial=step, desc=f"classifier {config.arch}", unit="step",
+                       dynamic_ncols=True)
+        try:
+            while step < config.steps:
+                idx = torch.randint(0, x_all.shape[0], (config.batch_size,), generator=generator)
+                xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step)
+                out = net(xb)
+                loss = (F.binary_cross_entropy_with_logits(out, yb) if config.head == "binary"
+                        else F.mse_loss(out, yb))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                step += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"classifier loss became {value} at step {step}; lower lr")
+                losses.append(value)
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0 or step == config.steps:
+                        bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    last_ckpt = checkpoint()
+                if callback is not None:
+                    callback(step, value)
+        finally:
+            if bar is not None:
+                bar.close()
+        if last_ckpt is None or not last_ckpt.name.endswith(f"{step:08d}"):
+            last_ckpt = checkpoint()
+
+    classifier = AttributeClassifier(net, data.attributes, config.head, shift=shift.to(device),
+                                     scale=scale.to(device)).eval()
+    classifier.requires_grad_(False)
+    held_out = evaluate_classifier(classifier, data.eval_x, data.eval_y, head=config.head,
+                                   attributes=data.attributes, batch_size=config.eval_batch_size)
+    seconds = time.perf_counter() - start_time
+    tail = losses[-min(50, len(losses)):]
+    report = {
+        "arch": config.arch, "step": step, "source": data.source, "n_train": int(data.train_x.shape[0]),
+        "attributes": list(data.attributes), "held_out": held_out, "held_out_index": data.eval_index,
+        "final_loss_mean_last_50": sum(tail) / max(len(tail), 1), "checkpoint": str(last_ckpt),
+        "config": config.to_dict(), "device": str(device), "seconds": seconds, "resumed_from": resumed_from,
+    }
+    _report.write_json(out_dir / "report.json", report)
+    _report.write_text(out_dir / "summary.md", _summary(report))
+    return ClassifierTrainResult(classifier=classifier, losses=losses, step=step, report=report, config=config,
+                                 checkpoint=last_ckpt, out_dir=out_dir, device=str(device), seconds=seconds,
+                                 resumed_from=resumed_from)
+
+
+def load_classifier(path: str | Path, *, attributes: Sequence[str] | None = None,
+                    device: str | torch.device | None = None) -> AttributeClassifier:
+    """Load a read-out trained by :func:`train_classifier` (eval mode, no gradients).
+
+    Args:
+        path: checkpoint directory, run directory or ``checkpoints`` folder.
+        attributes: keep only these outputs, in this order (see :meth:`AttributeClassifier.select`).
+        device: where to put it (default CPU).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ValueError: not a classifier checkpoint, or ``attributes`` names an output it lacks.
+    """
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .models import model_from_config
+
+    ckpt = load_checkpoint(path)
+    if "classifier_config" not in ckpt.meta:
+        raise ValueError(f"{ckpt.path} is not a classifier checkpoint (no classifier_config in meta.json; "
+                         f"a flow checkpoint?)")
+    net = model_from_config(ckpt.model_config)
+    try:
+        net.load_state_dict(ckpt.model_state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"classifier weights in {ckpt.path} do not fit the model config: {exc}") from exc
+    meta = ckpt.meta
+    clf = AttributeClassifier(net, meta["attributes"], meta["head"], shift=torch.tensor(meta["target_shift"]),
+                              scale=torch.tensor(meta["target_scale"]))
+    if attributes is not None:
+        clf = clf.select(attributes)
+    clf.eval().requires_grad_(False)
+    return clf.to(device) if device is not None else clf
