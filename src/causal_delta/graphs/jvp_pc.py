@@ -118,17 +118,22 @@ class ResponseOracle:
         classifier / features: the read-out (logits of an eval-mode module, or flattened indices;
             ``features=range(d)`` is the identity read-out of tabular data).
         method, steps, grid: solver settings; gradient_mode: ``"reverse"`` or ``"forward"`` (small d).
+        batch_size: samples per forward-mode batch; gradient_batch_size: samples per gradient batch
+            (reverse mode keeps the solver's autograd graph, so keep it small for images).
     """
 
     def __init__(self, velocity: Callable, x0: Tensor, probes: Tensor, *, classifier: Any = None,
                  features: Sequence[int] | None = None, method: str = "rk4", steps: int = 100,
-                 grid: Tensor | None = None, gradient_mode: str = "reverse", batch_size: int = 256) -> None:
+                 grid: Tensor | None = None, gradient_mode: str = "reverse", batch_size: int = 256,
+                 gradient_batch_size: int = 64) -> None:
         if probes.ndim != x0.ndim + 1 or probes.shape[0] != x0.shape[0] or probes.shape[2:] != x0.shape[1:]:
             raise ValueError(f"probes must have shape (n, P, *event) = ({x0.shape[0]}, P, "
                              f"{', '.join(map(str, x0.shape[1:]))}), got {tuple(probes.shape)}")
         self.velocity, self.x0, self.probes = velocity, x0, probes
         self.kw = dict(classifier=classifier, features=features, method=method, steps=steps, grid=grid)
-        self.gradient_mode, self.batch_size = gradient_mode, batch_size
+        self.gradient_mode = gradient_mode
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.gradient_batch_size = check_positive_int("gradient_batch_size", gradient_batch_size)
         self._responses: dict[frozenset, Tensor] = {}
         self._gradients: dict[int, Tensor] = {}
 
@@ -144,7 +149,7 @@ class ResponseOracle:
             from ..jvp import readout_gradient
 
             self._gradients[k] = readout_gradient(self.velocity, self.x0, k, mode=self.gradient_mode,
-                                                  batch_size=min(self.batch_size, 64), **self.kw)
+                                                  batch_size=self.gradient_batch_size, **self.kw)
         return self._gradients[k]
 
     def responses(self, hold: Sequence[int] = ()) -> Tensor:

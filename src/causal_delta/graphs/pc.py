@@ -1,6 +1,6 @@
 r"""PC through causal-learn, with any conditional-independence test, and PC on labels.
 
-causal-learn (``pip install causal-delta[graph]``) runs the PC algorithm
+causal-learn >= 0.1.4.8 (``pip install causal-delta[graph]``) runs the PC algorithm
 (``causallearn.search.ConstraintBased.PC.pc``: skeleton search, PC-stable by default, then
 unshielded colliders from the separating sets with ``uc_rule=0, uc_priority=2`` and Meek's
 rules). We never re-implement PC: :func:`run_pc` plugs a Python CI function into it through
@@ -19,6 +19,7 @@ A NaN p-value counts as dependence (PC keeps the edge), which is the conservativ
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,8 +42,10 @@ def _causallearn() -> tuple[Any, Any]:
         from causallearn.utils import cit
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError("graph search needs causal-learn: pip install causal-delta[graph]") from exc
-    if not hasattr(cit, "register_ci_test"):  # pragma: no cover
-        raise ImportError("causal-learn is too old (no register_ci_test): pip install -U 'causal-delta[graph]'")
+    # register_ci_test arrived in 0.1.4.2, pc(max_k=...) (our depth) in 0.1.4.8.
+    if not hasattr(cit, "register_ci_test") or "max_k" not in inspect.signature(pc).parameters:  # pragma: no cover
+        raise ImportError("causal-learn >= 0.1.4.8 is needed (custom CI tests and depth): "
+                          "pip install -U 'causal-delta[graph]'")
     return pc, cit
 
 

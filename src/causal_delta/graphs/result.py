@@ -12,7 +12,7 @@ from typing import Any
 
 from .dag import PDAG
 
-__all__ = ["CITestRecord", "GraphResult"]
+__all__ = ["CITestRecord", "GraphResult", "edge_differences"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,28 @@ class GraphResult:
                                   dict(r.get("extra", {}))) for r in d.get("records", ()))
         return cls(g.nodes, g.directed, g.undirected, d["test"], float(d["alpha"]), int(d["depth"]),
                    bool(d.get("stable", True)), g.bidirected, recs, dict(d.get("settings", {})))
+
+
+def edge_differences(a: Any, b: Any) -> list[dict]:
+    """Node pairs whose edge marks differ between two graphs over the same nodes.
+
+    Args:
+        a, b: :class:`~causal_delta.graphs.dag.DAG`, :class:`PDAG` or :class:`GraphResult`.
+
+    Returns:
+        ``[{"pair": [x, y], "a": mark, "b": mark}]`` with marks such as ``"x->y"``, ``"x--y"``,
+        ``"x<-y"`` or ``""`` (no edge), pairs in ``a``'s node order (the pairs :func:`shd` counts).
+    """
+    from .dag import _as_pdag
+
+    A, B = _as_pdag(a, "a"), _as_pdag(b, "b")
+    if set(A.nodes) != set(B.nodes):
+        raise ValueError(f"graphs must have the same nodes, got {sorted(A.nodes)} and {sorted(B.nodes)}")
+    B = PDAG(A.nodes, B.directed, B.undirected, B.bidirected)
+    ma, mb = A.marks(), B.marks()
+    pos = {v: i for i, v in enumerate(A.nodes)}
+    out = []
+    for p in sorted(set(ma) | set(mb), key=lambda q: sorted(pos[v] for v in q)):
+        if ma.get(p) != mb.get(p):
+            out.append({"pair": sorted(p, key=pos.__getitem__), "a": ma.get(p, ""), "b": mb.get(p, "")})
+    return out
