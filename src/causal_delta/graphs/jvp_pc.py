@@ -119,23 +119,37 @@ class ResponseOracle:
             ``features=range(d)`` is the identity read-out of tabular data).
         method, steps, grid: solver settings; gradient_mode: ``"reverse"`` or ``"forward"`` (small d).
         batch_size: samples per forward-mode batch; gradient_batch_size: samples per gradient batch
-            (reverse mode keeps the solver's autograd graph, so keep it small for images).
+            (default: ``batch_size`` in forward mode, at most 64 in reverse mode, which keeps the
+            solver's autograd graph); progress: tqdm bars while computing.
     """
 
     def __init__(self, velocity: Callable, x0: Tensor, probes: Tensor, *, classifier: Any = None,
                  features: Sequence[int] | None = None, method: str = "rk4", steps: int = 100,
                  grid: Tensor | None = None, gradient_mode: str = "reverse", batch_size: int = 256,
-                 gradient_batch_size: int = 64) -> None:
+                 gradient_batch_size: int | None = None, progress: bool = False) -> None:
         if probes.ndim != x0.ndim + 1 or probes.shape[0] != x0.shape[0] or probes.shape[2:] != x0.shape[1:]:
             raise ValueError(f"probes must have shape (n, P, *event) = ({x0.shape[0]}, P, "
                              f"{', '.join(map(str, x0.shape[1:]))}), got {tuple(probes.shape)}")
+        if gradient_mode not in ("reverse", "forward"):
+            raise ValueError(f"gradient_mode must be 'reverse' or 'forward', got {gradient_mode!r}")
         self.velocity, self.x0, self.probes = velocity, x0, probes
         self.kw = dict(classifier=classifier, features=features, method=method, steps=steps, grid=grid)
         self.gradient_mode = gradient_mode
         self.batch_size = check_positive_int("batch_size", batch_size)
+        if gradient_batch_size is None:  # reverse mode keeps the solver's graph: small batches
+            gradient_batch_size = batch_size if gradient_mode == "forward" else min(batch_size, 64)
         self.gradient_batch_size = check_positive_int("gradient_batch_size", gradient_batch_size)
+        self.progress = progress
         self._responses: dict[frozenset, Tensor] = {}
         self._gradients: dict[int, Tensor] = {}
+
+    def _chunks(self, desc: str) -> Any:
+        starts = range(0, self.x0.shape[0], self.batch_size)
+        if not self.progress:
+            return starts
+        from tqdm.auto import tqdm
+
+        return tqdm(starts, desc=desc, leave=False, dynamic_ncols=True)
 
     @property
     def sample_index(self) -> Tensor:
@@ -148,8 +162,10 @@ class ResponseOracle:
         if k not in self._gradients:
             from ..jvp import readout_gradient
 
-            self._gradients[k] = readout_gradient(self.velocity, self.x0, k, mode=self.gradient_mode,
-                                                  batch_size=self.gradient_batch_size, **self.kw)
+            self._gradients[k] = torch.cat([
+                readout_gradient(self.velocity, self.x0[s: s + self.batch_size], k, mode=self.gradient_mode,
+                                 batch_size=self.gradient_batch_size, **self.kw)
+                for s in self._chunks(f"gradient of read-out {k}")])
         return self._gradients[k]
 
     def responses(self, hold: Sequence[int] = ()) -> Tensor:
@@ -162,8 +178,10 @@ class ResponseOracle:
             if key:
                 G = torch.stack([self.gradient(k) for k in sorted(key)], dim=1)
                 z = hold_fixed_probes_multi(z, G)
-            res = attribute_jvp(self.velocity, self.x0, z, mode="forward", batch_size=self.batch_size, **self.kw)
-            self._responses[key] = res.responses.detach()
+            self._responses[key] = torch.cat([
+                attribute_jvp(self.velocity, self.x0[s: s + self.batch_size], z[s: s + self.batch_size],
+                              mode="forward", batch_size=self.batch_size, **self.kw).responses.detach()
+                for s in self._chunks(f"responses, holding {sorted(key)}" if key else "responses")])
         return self._responses[key]
 
 
