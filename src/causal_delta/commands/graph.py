@@ -90,12 +90,14 @@ def _resolve_attributes(spec: str | None, known: list[str]) -> list[int]:
 
 
 def _load_readout(path: str, use_ema: bool):
-    """``(module, all attribute names, info)``."""
-    try:  # H1's loader (classifier_training.load_classifier); TODO(lead): drop the fallback once merged
+    """``(module, all attribute names or None, info)`` of a classifier checkpoint."""
+    from ..checkpoint import load_checkpoint
+
+    try:  # H1's loader for its classifier checkpoints; TODO(lead): keep only one loader once merged
         from ..classifier_training import load_classifier
     except ImportError:
         load_classifier = None
-    if load_classifier is not None:
+    if load_classifier is not None and "classifier_config" in load_checkpoint(path).meta:
         clf = load_classifier(path)
         return clf, list(clf.attributes), {"path": str(path), "loader": "classifier_training.load_classifier"}
     from .jvp import _load_classifier
