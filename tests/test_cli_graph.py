@@ -66,7 +66,7 @@ def test_graph_hold_fixed_with_npy_labels(flow, tmp_path):
     assert rep["labels_graph"]["undirected"] == [["A", "C"]]
 
 
-def test_graph_classifier_readout(flow, tmp_path):
+def test_graph_classifier_readout(flow, tmp_path, capsys):
     root, _, run = flow
     torch.manual_seed(0)
     clf = MLPClassifier.from_config(MLPClassifierConfig(event_shape=(3,), n_classes=3))
@@ -80,6 +80,7 @@ def test_graph_classifier_readout(flow, tmp_path):
     bad = save_checkpoint(root / "clf-bad", 1, model_state=clf.state_dict(),
                           meta={"model_config": asdict(clf.config), "class_names": ["P", "Q"]})
     assert _graph(run, tmp_path / "b", "--classifier", str(bad)) == 2
+    assert "outputs 3 values but names 2 attributes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra,match", [

@@ -154,3 +154,23 @@ def test_graph_result_round_trip():
     assert GraphResult.from_dict(d) == r
     assert shd(r, known_graph("collider")) == 0
     assert '"A" -> "C";' in r.to_dot()
+
+
+def test_edge_differences_and_plot(tmp_path):
+    from causal_delta.graphs import plot_graphs
+    from causal_delta.graphs.result import edge_differences
+
+    g = known_graph("five")
+    learned = PDAG(g.nodes, (("A", "D"), ("B", "D"), ("C", "D")), (("A", "B"), ("A", "C"), ("D", "E")))
+    diff = edge_differences(learned, g.cpdag())
+    assert diff == [{"pair": ["A", "D"], "a": "A->D", "b": ""}, {"pair": ["D", "E"], "a": "D--E", "b": "D->E"}]
+    assert len(diff) == shd(learned, g)
+    assert edge_differences(g.cpdag(), g.cpdag()) == []
+    path = plot_graphs([("learned", learned), ("true", g)], tmp_path / "g.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"graphs must have the same nodes"):
+        edge_differences(learned, known_graph("fork"))
+    with pytest.raises(ValueError, match=r"every panel must have the same nodes"):
+        plot_graphs([("a", learned), ("b", known_graph("fork"))], tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"panels must hold at least one"):
+        plot_graphs([], tmp_path / "x.png")

@@ -18,7 +18,7 @@ from causal_delta.graphs.jvp_pc import (  # noqa: E402
     jvp_ci_test,
     jvp_pc,
 )
-from causal_delta.graphs.pc import partial_correlation, pc_labels  # noqa: E402
+from causal_delta.graphs.pc import partial_correlation, pc_labels, run_pc  # noqa: E402
 
 # Edge weights of the linear-Gaussian SCMs (in DAG.edges order). For "five" they are chosen so that
 # every d-connected (pair, set) has |partial correlation| >= 0.21 (no near-cancellation of paths).
@@ -236,3 +236,21 @@ def test_jvp_pc_errors():
         jvp_pc(dy, ["A", "B", "C"], n_boot=0)
     with pytest.raises(ValueError, match=r"probes must have shape \(n, P, \*event\) = \(4, P, 3\)"):
         ResponseOracle(lambda x, t: x, torch.zeros(4, 3), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"gradient_mode must be 'reverse' or 'forward'"):
+        ResponseOracle(lambda x, t: x, torch.zeros(4, 3), torch.zeros(4, 1, 3), gradient_mode="fd")
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1"):
+        ResponseOracle(lambda x, t: x, torch.zeros(4, 3), torch.zeros(4, 1, 3), batch_size=0)
+
+
+def test_run_pc_custom_test_and_errors():
+    """run_pc hands PC any CI test: an oracle of d-separation in the collider gives its CPDAG."""
+    g = known_graph("collider")
+
+    def dsep(x, y, given):  # A ⟂ B marginally only
+        indep = {x, y} == {0, 1} and not given
+        return 0.0, (1.0 if indep else 0.0), {"oracle": True}
+
+    r = run_pc(np.zeros((10, 3)), g.nodes, dsep, test="d-separation")
+    assert shd(r, g) == 0 and r.records[0].extra == {"oracle": True} and r.test == "d-separation"
+    with pytest.raises(ValueError, match=r"data must have shape \(n, m\) with m >= 2 variables"):
+        run_pc(np.zeros(10), ["A"], dsep, test="x")
