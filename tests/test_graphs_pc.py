@@ -254,3 +254,19 @@ def test_run_pc_custom_test_and_errors():
     assert shd(r, g) == 0 and r.records[0].extra == {"oracle": True} and r.test == "d-separation"
     with pytest.raises(ValueError, match=r"data must have shape \(n, m\) with m >= 2 variables"):
         run_pc(np.zeros(10), ["A"], dsep, test="x")
+
+
+@pytest.mark.parametrize("name,x,y,given", [("independent", 0, 1, ()), ("chain", 0, 2, (1,))])
+def test_jvp_ci_test_type_one_error(name, x, y, given):
+    """Calibration under the null (Monte Carlo, 200 data sets): the rejection rate at alpha = 0.1 is
+    within 3 SE of 0.1, marginally and after conditioning (chain A ⟂ C | B, 10 % of 2,000 rows kept)."""
+    L = torch.from_numpy(scm_factor(name))
+    gen = torch.Generator().manual_seed(7)
+    reps, alpha = 200, 0.1
+    rejected = 0
+    for i in range(reps):
+        dy = torch.randn(2_000, L.shape[0], generator=gen, dtype=torch.float64) @ L.T
+        _, p, _ = jvp_ci_test(dy, quantile=0.1, n_boot=100, seed=i)(x, y, given)
+        rejected += p < alpha
+    se = math.sqrt(alpha * (1 - alpha) / reps)
+    assert abs(rejected / reps - alpha) < 3 * se, rejected / reps
