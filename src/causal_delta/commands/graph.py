@@ -186,7 +186,7 @@ def _summary(rep: dict) -> str:
               f"SHD between them {rep['shd']} (skeleton {rep['skeleton_shd']}).", ""]
     if rep["differences"]:
         lines += ["| pair | generator | labels |", "| --- | --- | --- |"]
-        lines += [f"| {' , '.join(d['pair'])} | {d['a'] or 'none'} | {d['b'] or 'none'} |" for d in rep["differences"]]
+        lines += [f"| {', '.join(d['pair'])} | {d['a'] or 'none'} | {d['b'] or 'none'} |" for d in rep["differences"]]
     else:
         lines.append("The two graphs agree.")
     return "\n".join(lines) + "\n"

@@ -48,7 +48,7 @@ def _as_responses(dy: Any, name: str = "responses") -> Tensor:
         dy = torch.as_tensor(dy)
     if dy.ndim != 2 or dy.shape[0] < 2 or dy.shape[1] < 2:
         raise ValueError(f"{name} must have shape (n, m) with n >= 2 rows and m >= 2 attributes, got {tuple(dy.shape)}")
-    dy = dy.detach().to(torch.float64)
+    dy = dy.detach().cpu().to(torch.float64)  # (n, m) is small; the bootstrap draws on the CPU
     if not torch.isfinite(dy).all():
         raise ValueError(f"{name} must be finite, got NaN or inf entries")
     return dy
@@ -216,7 +216,7 @@ def jvp_ci_test(source: Tensor | ResponseOracle, *, estimator: str = "condition"
     if groups is None and oracle is not None:
         groups = oracle.sample_index
     if groups is not None:
-        groups = torch.as_tensor(groups).reshape(-1)
+        groups = torch.as_tensor(groups).reshape(-1).cpu()
         if groups.shape[0] != base.shape[0]:
             raise ValueError(f"groups must have shape (n,) = ({base.shape[0]},), got {tuple(groups.shape)}")
 
@@ -266,7 +266,7 @@ def jvp_pc(
         statistic is the (conditioned or held) correlation, ``extra`` its bootstrap SE and kept rows.
     """
     ci = jvp_ci_test(source, estimator=estimator, quantile=quantile, n_boot=n_boot, seed=seed, groups=groups)
-    data = (source.responses() if isinstance(source, ResponseOracle) else _as_responses(source)).double().numpy()
+    data = _as_responses(source.responses() if isinstance(source, ResponseOracle) else source).numpy()
     settings = {"estimator": estimator, "quantile": float(quantile), "n_boot": int(n_boot), "seed": int(seed),
                 "n_rows": int(data.shape[0]), "statistic": "uncentred correlation of the responses",
                 "p_value": "erfc(|r| / (sqrt(2) * bootstrap SE))"}
