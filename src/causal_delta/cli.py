@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "sample": "sample",
     "jvp": "jvp",
     "dependence": "dependence",
+    "graph": "graph",
     "reproduce": "reproduce",
     "classifier": "classifier",
 }

@@ -1,0 +1,292 @@
+"""``causal-delta graph``: the generator's graph (PC whose CI test is the JVP estimator) beside the labels' graph.
+
+Writes under ``--out``: ``report.json`` (both graphs, every CI test with its statistic and p-value,
+the settings), ``graphs.dot`` (two digraphs), ``graphs.png`` (side by side, differing edges in red)
+and ``summary.md`` (the edges where the graphs differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+
+HELP = "causal graph of a trained flow (PC with the JVP CI test) beside PC on labels"
+DESCRIPTION = (
+    "Run PC (causal-learn; pip install causal-delta[graph]) with the JVP estimator as its "
+    "conditional-independence test: X ⟂ Y | Z is the uncentred correlation of Δy_X and Δy_Y on "
+    "the samples with small Δy_Z (--estimator condition) or with probes held orthogonal to "
+    "∇(C_Z∘f) (--estimator hold_fixed), with a bootstrap p-value. Without --classifier the "
+    "read-out is the identity (tabular data: attributes are the data coordinates, named from the "
+    "training CSV's header, else x0, x1, ...). The labels' graph comes from --labels (.npy, .csv "
+    "with header, or a CelebA folder / list_attr_celeba.txt) or, for tabular flows, from the "
+    "training data file."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="flow checkpoint (run dir or checkpoint dir)")
+    parser.add_argument("--classifier", default=None, help="attribute classifier checkpoint (read-out C)")
+    parser.add_argument("--attributes", default=None,
+                        help="comma-separated attribute names or indices (default: all read-out outputs)")
+    parser.add_argument("--labels", default=None,
+                        help=".npy / .csv (header row = names) labels, or a CelebA folder or "
+                             "list_attr_celeba.txt (default for tabular flows: the training data file)")
+    parser.add_argument("--test", choices=("auto", "chisq", "gsq", "fisherz"), default="auto",
+                        help="CI test of the labels' PC (auto: chisq for integer labels, else fisherz)")
+    parser.add_argument("--estimator", choices=("condition", "hold_fixed"), default="condition")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of both PCs")
+    parser.add_argument("--depth", type=int, default=-1, help="largest conditioning set (-1: unbounded)")
+    parser.add_argument("--quantile", type=float, default=0.05,
+                        help="kept fraction when conditioning on small responses")
+    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates per CI test")
+    parser.add_argument("--n-samples", type=int, default=2000, help="source samples x0")
+    parser.add_argument("--probes", type=int, default=1, help="probe directions per sample")
+    parser.add_argument("--solver", choices=("euler", "midpoint", "rk4"), default="rk4")
+    parser.add_argument("--steps", type=int, default=50, help="solver steps")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--batch-size", type=int, default=256, help="samples per batch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of x0, probes and the bootstrap")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
+    parser.add_argument("--out", default="runs/graph", help="output directory")
+
+
+def _csv_header(path) -> list[str] | None:
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return None
+    with open(path) as fh:
+        first = fh.readline().strip()
+    cells = [c.strip() for c in first.split(",")]
+    try:
+        [float(c) for c in cells]
+        return None
+    except ValueError:
+        return cells
+
+
+def _resolve_attributes(spec: str | None, known: list[str]) -> list[int]:
+    if spec is None:
+        idx = list(range(len(known)))
+    else:
+        idx = []
+        for tok in (t.strip() for t in spec.split(",")):
+            if not tok:
+                continue
+            if tok in known:
+                idx.append(known.index(tok))
+            elif tok.lstrip("-").isdigit():
+                k = int(tok)
+                if not 0 <= k < len(known):
+                    raise ValueError(f"--attributes index {k} must lie in [0, {len(known)})")
+                idx.append(k)
+            else:
+                raise ValueError(f"--attributes: unknown attribute {tok!r}; known attributes are {known}")
+    if len(idx) < 2 or len(set(idx)) != len(idx):
+        raise ValueError(f"--attributes must name at least 2 distinct attributes, got {spec!r}")
+    return idx
+
+
+def _load_readout(path: str, use_ema: bool):
+    """``(module, all attribute names or None, info)`` of a classifier checkpoint."""
+    from ..checkpoint import load_checkpoint
+
+    try:  # H1's loader for its classifier checkpoints; TODO(lead): keep only one loader once merged
+        from ..classifier_training import load_classifier
+    except ImportError:
+        load_classifier = None
+    if load_classifier is not None and "classifier_config" in load_checkpoint(path).meta:
+        clf = load_classifier(path)
+        return clf, list(clf.attributes), {"path": str(path), "loader": "classifier_training.load_classifier"}
+    from .jvp import _load_classifier
+
+    clf, info, names = _load_classifier(path, use_ema)
+    return clf, (list(names) if names else None), info
+
+
+def _select(module, idx: list[int]):
+    """The read-out restricted to outputs ``idx`` (keeps a hand-written ``forward_jvp``)."""
+    import torch
+
+    class Select(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+            self.register_buffer("idx", torch.tensor(idx), persistent=False)
+
+        def forward(self, x):
+            return self.inner(x)[:, self.idx]
+
+    sel = Select()
+    if hasattr(module, "forward_jvp"):
+        def forward_jvp(x, dx):
+            y, dy = module.forward_jvp(x, dx)
+            return y[:, sel.idx], dy[:, sel.idx]
+        sel.forward_jvp = forward_jvp
+    return sel.eval()
+
+
+def _load_labels(path: str, all_names: list[str], idx: list[int]):
+    """Labels ``(N, len(idx))`` of the selected attributes and a description of the source."""
+    from pathlib import Path
+
+    import numpy as np
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"--labels not found: {p}")
+    names = [all_names[i] for i in idx]
+    if p.is_dir() or p.name == "list_attr_celeba.txt":
+        try:
+            from ..datasets.celeba import load_celeba_labels
+        except ImportError:  # TODO(lead): H1's CelebA loader; until it is merged only .npy / .csv work
+            raise ValueError("--labels: CelebA folders need causal_delta.datasets.celeba, which this build "
+                             "lacks; pass the labels as .npy or .csv") from None
+        labels, _ = load_celeba_labels(p if p.is_dir() else p.parent, attributes=names)
+        return labels.numpy(), f"CelebA attributes in {p}"
+    header = _csv_header(p)
+    if header is not None:
+        missing = [n for n in names if n not in header]
+        if missing:
+            raise ValueError(f"--labels: columns {missing} are not in the header of {p} ({header})")
+        arr = np.genfromtxt(p, delimiter=",", skip_header=1, dtype=np.float64).reshape(-1, len(header))
+        return arr[:, [header.index(n) for n in names]], str(p)
+    from ..datasets.tabular import load_array
+
+    arr = load_array(p).double().numpy()
+    if arr.ndim != 2:
+        raise ValueError(f"--labels must be a 2-D table (rows x attributes), got shape {arr.shape} from {p}")
+    if arr.shape[1] == len(all_names):
+        return arr[:, idx], str(p)
+    if arr.shape[1] == len(idx):
+        return arr, str(p)
+    raise ValueError(f"--labels {p} has {arr.shape[1]} columns; expected {len(all_names)} (every attribute) "
+                     f"or {len(idx)} (the selected ones)")
+
+
+def _summary(rep: dict) -> str:
+    j, lab = rep["jvp_graph"], rep["labels_graph"]
+
+    def edges(g: dict) -> str:
+        out = [f"{a} -> {b}" for a, b in g["directed"]] + [f"{a} -- {b}" for a, b in g["undirected"]]
+        out += [f"{a} <-> {b}" for a, b in g["bidirected"]]
+        return ", ".join(out) or "(none)"
+
+    lines = ["# causal-delta graph", "",
+             f"Attributes: {', '.join(rep['attributes'])}; {rep['n_responses']} responses; "
+             f"estimator {j['settings']['estimator']} (quantile {j['settings']['quantile']}), alpha {j['alpha']}, "
+             f"depth {j['depth']}.", "",
+             f"- generator (JVP-PC): {edges(j)}"]
+    if lab is None:
+        lines += ["- labels: none given (--labels)", ""]
+        return "\n".join(lines) + "\n"
+    lines += [f"- labels (PC, {lab['test']}, {rep['labels_source']}): {edges(lab)}", "",
+              f"SHD between them {rep['shd']} (skeleton {rep['skeleton_shd']}).", ""]
+    if rep["differences"]:
+        lines += ["| pair | generator | labels |", "| --- | --- | --- |"]
+        lines += [f"| {', '.join(d['pair'])} | {d['a'] or 'none'} | {d['b'] or 'none'} |" for d in rep["differences"]]
+    else:
+        lines.append("The two graphs agree.")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    import math
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from .. import report
+    from .._validation import check_positive_int
+    from ..checkpoint import load_flow
+    from ..dependence import correlation
+    from ..graphs import ResponseOracle, jvp_pc, pc_labels, plot_graphs, shd, skeleton_shd
+    from ..graphs.result import edge_differences
+    from ..jvp import make_probes
+
+    for name in ("n_samples", "probes", "steps", "batch_size", "n_boot"):
+        check_positive_int("--" + name.replace("_", "-"), getattr(args, name))
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha must lie in (0, 1), got {args.alpha}")
+    if not 0 < args.quantile <= 1:
+        raise ValueError(f"--quantile must lie in (0, 1], got {args.quantile}")
+    start = time.perf_counter()
+    dtype = getattr(torch, args.dtype)
+    velocity, info = load_flow(args.checkpoint, use_ema=not args.no_ema)
+    velocity = velocity.to(dtype)
+    event = tuple(info["event_shape"])
+    d = math.prod(event)
+    gen = torch.Generator().manual_seed(args.seed)
+    x0 = torch.randn(args.n_samples, *event, generator=gen, dtype=dtype)
+    data_path = (info.get("train_config") or {}).get("data")
+    clf_info, classifier, features = None, None, None
+    if args.classifier:
+        module, all_names, clf_info = _load_readout(args.classifier, not args.no_ema)
+        with torch.no_grad():
+            m_out = module.to(dtype)(x0[:2]).reshape(2, -1).shape[1]
+        if all_names is None:
+            all_names = [f"logit{k}" for k in range(m_out)]
+        if len(all_names) != m_out:
+            raise ValueError(f"classifier {args.classifier} outputs {m_out} values but names {len(all_names)} "
+                             f"attributes ({all_names}); its outputs do not match its attribute list")
+        idx = _resolve_attributes(args.attributes, all_names)
+        classifier = _select(module, idx)
+    else:
+        if len(event) != 1:
+            raise ValueError(f"without --classifier the read-out is the identity, which needs tabular data; "
+                             f"the flow's samples have shape {event}")
+        all_names = _csv_header(data_path) if data_path else None
+        if all_names is None or len(all_names) != d:
+            all_names = [f"x{k}" for k in range(d)]
+        idx = _resolve_attributes(args.attributes, all_names)
+        features = idx
+    names = [all_names[i] for i in idx]
+    z = make_probes(args.n_samples, event, probes=args.probes, generator=gen, dtype=dtype)
+    oracle = ResponseOracle(velocity, x0, z, classifier=classifier, features=features, method=args.solver,
+                            steps=args.steps, gradient_mode="forward" if d <= 64 else "reverse",
+                            batch_size=args.batch_size, progress=True)
+    jvp_graph = jvp_pc(oracle, names, estimator=args.estimator, alpha=args.alpha, depth=args.depth,
+                       quantile=args.quantile, n_boot=args.n_boot, seed=args.seed)
+    labels_graph, labels_source = None, None
+    labels_path = args.labels
+    if labels_path is None and classifier is None and data_path and Path(str(data_path)).suffix.lower() in (".npy", ".csv"):
+        labels_path = data_path  # tabular flow: its training data are the labels
+    if labels_path is not None:
+        labels, labels_source = _load_labels(str(labels_path), all_names, idx)
+        test = args.test
+        if test == "auto":
+            test = "chisq" if np.array_equal(labels, np.round(labels)) else "fisherz"
+        labels_graph = pc_labels(labels, names, test=test, alpha=args.alpha, depth=args.depth)
+    dy = oracle.responses()
+    rep = {
+        "command": "graph",
+        "config": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"},
+        "flow": {k: info[k] for k in ("path", "step", "event_shape", "parametrization", "preset", "used_ema")},
+        "classifier": clf_info,
+        "attributes": names,
+        "attribute_indices": idx,
+        "n_responses": int(dy.shape[0]),
+        "corr_uncentred": correlation(dy.double()),
+        "jvp_graph": jvp_graph.to_dict(),
+        "labels_graph": labels_graph.to_dict() if labels_graph is not None else None,
+        "labels_source": labels_source,
+        "differences": edge_differences(jvp_graph, labels_graph) if labels_graph is not None else None,
+        "shd": shd(jvp_graph, labels_graph.pdag()) if labels_graph is not None else None,
+        "skeleton_shd": skeleton_shd(jvp_graph, labels_graph) if labels_graph is not None else None,
+        "seconds": time.perf_counter() - start,
+    }
+    out = Path(args.out)
+    report.write_json(out / "report.json", rep)
+    dot = jvp_graph.to_dot("generator") + (labels_graph.to_dot("labels") if labels_graph is not None else "")
+    report.write_text(out / "graphs.dot", dot)
+    panels = [(f"generator (JVP-PC, {args.estimator})", jvp_graph)]
+    if labels_graph is not None:
+        panels.append((f"labels (PC, {labels_graph.test})", labels_graph))
+    plot_graphs(panels, out / "graphs.png")
+    report.write_text(out / "summary.md", _summary(rep))
+    print(f"wrote {out / 'report.json'}, graphs.dot, graphs.png and summary.md ({rep['seconds']:.1f} s)")
+    return 0
