@@ -93,14 +93,14 @@ def resolve_graph(graph: Any):
         ValueError: unknown name (the message lists the known ones), a spec that does not
             parse or is not a DAG (``"graph spec is not a DAG"``).
     """
-    from ..graphs import DAG, KNOWN_GRAPHS
+    from ..graphs import DAG, KNOWN_GRAPHS, known_graph
 
     if isinstance(graph, DAG):
         return graph
     if not isinstance(graph, str) or not graph.strip():
         raise ValueError(f"graph must be one of {sorted(KNOWN_GRAPHS)} or a spec like 'A->B, A->C', got {graph!r}")
     if graph in KNOWN_GRAPHS:
-        return KNOWN_GRAPHS[graph]
+        return known_graph(graph)
     if "->" not in graph:
         raise ValueError(f"graph must be one of {sorted(KNOWN_GRAPHS)} or a spec like 'A->B, A->C', got {graph!r}")
     return DAG.parse(graph)
