@@ -34,7 +34,7 @@ def fit_readout(source, config, seed: int, out: Path, progress: bool) -> tuple[t
     losses = []
     net.train()
     for _ in C.progress(range(config.readout_steps), desc="read-out", enabled=progress):
-        x, u = source.sample_labelled(128, gen)
+        x, u = source.sample_labelled(config.readout_batch, gen)
         loss = F.mse_loss(net(x), u)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -56,7 +56,7 @@ class KnownGraphsConfig(C.SizedConfig):
         image_size: scene side in pixels.
         image_preset, image_overrides, parametrization, image_steps, image_lr, image_batch,
             ema_decay: the image flow.
-        readout_steps, readout_width, readout_lr: the read-out (small CNN, regression head).
+        readout_steps, readout_width, readout_batch, readout_lr: the read-out (small CNN, regression head).
         image_probes: ``(x0, z)`` pairs for the image responses; hold_fixed_samples: of them,
             how many get hold-fixed probes (one reverse pass through the solver each).
         method, solver_steps: the ODE solver of the generator.
@@ -84,17 +84,18 @@ class KnownGraphsConfig(C.SizedConfig):
     image_preset: str = "mlp-small"
     image_overrides: tuple = (("hidden", 256), ("depth", 3), ("time_embed", 32))
     parametrization: str = "x1"
-    image_steps: int = 3000
+    image_steps: int = 2000
     image_lr: float = 1e-3
-    image_batch: int = 128
+    image_batch: int = 64
     ema_decay: float | None = 0.999
-    readout_steps: int = 1500
-    readout_width: int = 16
+    readout_steps: int = 800
+    readout_width: int = 8
+    readout_batch: int = 64
     readout_lr: float = 2e-3
     image_probes: int = 2000
     hold_fixed_samples: int = 1000
     method: str = "midpoint"
-    solver_steps: int = 20
+    solver_steps: int = 12
     quantile: float = 0.05
     n_boot: int = 1000
     alpha: float = 0.01
