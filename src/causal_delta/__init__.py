@@ -17,6 +17,7 @@ __all__ = [
     "paths",
     "models",
     "training",
+    "classifier_training",
     "checkpoint",
     "solvers",
     "jvp",

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "jvp": "jvp",
     "dependence": "dependence",
     "reproduce": "reproduce",
+    "classifier": "classifier",
 }
 
 

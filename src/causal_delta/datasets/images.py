@@ -50,6 +50,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_image_folder",
     "load_images",
+    "read_image",
     "to_unit_range",
 ]
 
@@ -310,6 +311,51 @@ def load_digits(
     return ImageData(_finish(x, _parse_size(size)), y, names, "digits:sklearn")
 
 
+def read_image(
+    path: str | os.PathLike,
+    *,
+    mode: str = "RGB",
+    crop: int | Sequence[int] | None = None,
+    size: int | Sequence[int] | None = None,
+) -> Tensor:
+    """Read one image file with Pillow: float32 ``(C, H, W)`` in ``[0, 1]`` (the one image reader).
+
+    Args:
+        path: the file (PNG, JPEG, ...).
+        mode: Pillow mode, ``"L"`` (one channel) or ``"RGB"`` (three).
+        crop: centre crop ``(h, w)`` (an int means square) before resizing; the box starts at
+            ``round((H - h) / 2), round((W - w) / 2)``, as torchvision's ``CenterCrop``.
+        size: output ``(H, W)`` after the crop: bilinear with antialiasing (as
+            torchvision's ``Resize`` of a PIL image, up to rounding); ``None`` keeps the size.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the crop is larger than the image.
+    """
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("reading image files needs Pillow: pip install pillow") from exc
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    box = _parse_size(crop)
+    if box is not None:
+        h, w = t.shape[-2:]
+        if box[0] > h or box[1] > w:
+            raise ValueError(f"crop {box} is larger than the image {path} ({h}x{w})")
+        top, left = int(round((h - box[0]) / 2.0)), int(round((w - box[1]) / 2.0))
+        t = t[:, top: top + box[0], left: left + box[1]]
+    target = _parse_size(size)
+    if target is not None:
+        t = _finish(t.unsqueeze(0), target)[0] * 0.5 + 0.5
+    return t.contiguous()
+
+
 def load_image_folder(
     root: str | os.PathLike,
     *,
@@ -335,10 +381,6 @@ def load_image_folder(
         FileNotFoundError: if ``root`` does not exist or holds no image files.
         ValueError: if the images differ in size and ``size`` is not given.
     """
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("reading image folders needs Pillow: pip install pillow") from exc
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root} (expected a folder of image files "
@@ -366,15 +408,7 @@ def load_image_folder(
         files = files[:limit]
     target = _parse_size(size)
     mode = "L" if grayscale else "RGB"
-    arrays = []
-    for p, _ in files:
-        with Image.open(p) as im:
-            arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        t = torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(0)
-        if target is not None:
-            t = _finish(t, target) * 0.5 + 0.5  # resize one at a time (sizes may differ)
-        arrays.append(t)
+    arrays = [read_image(p, mode=mode, size=target).unsqueeze(0) for p, _ in files]
     shapes = {tuple(a.shape[-2:]) for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images in {root} differ in size ({sorted(shapes)[:3]}...); pass size=(H, W)")

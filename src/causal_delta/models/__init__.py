@@ -28,7 +28,16 @@ from typing import Any
 
 from torch import nn
 
-from .classifier import ImageClassifier, ImageClassifierConfig, MLPClassifier, MLPClassifierConfig
+from .classifier import (
+    CLASSIFIER_ARCHS,
+    ImageClassifier,
+    ImageClassifierConfig,
+    MLPClassifier,
+    MLPClassifierConfig,
+    ResNetClassifier,
+    ResNetClassifierConfig,
+    build_classifier,
+)
 from .mlp import MLP, MLPConfig
 from .unet import UNet, UNetConfig
 
@@ -44,6 +53,10 @@ __all__ = [
     "ImageClassifierConfig",
     "MLPClassifier",
     "MLPClassifierConfig",
+    "ResNetClassifier",
+    "ResNetClassifierConfig",
+    "CLASSIFIER_ARCHS",
+    "build_classifier",
 ]
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -101,6 +114,7 @@ _CONFIGS = {
     "unet": (UNetConfig, UNet),
     "image-classifier": (ImageClassifierConfig, ImageClassifier.from_config),
     "mlp-classifier": (MLPClassifierConfig, MLPClassifier.from_config),
+    "resnet-classifier": (ResNetClassifierConfig, ResNetClassifier.from_config),
 }
 
 
