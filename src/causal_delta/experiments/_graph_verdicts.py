@@ -13,9 +13,10 @@ read-out (identity on tabular data, a regression head on images) give:
 each with a percentile-bootstrap 95 % interval (:func:`causal_delta.dependence.bootstrap`).
 The verdict: conditioning on the middle node must *lower* ``|Corr|`` for a fork or a chain and
 *raise* it for a collider; it is *separated* when the conditioned and unconditioned intervals do
-not overlap. A robust variant repeats everything on per-sample normalised responses
-``Δy / ‖Δy‖`` (each row on the unit sphere), which bounds every row's weight in the second
-moment; the share of the second moment carried by the top 1 % of rows measures how
+not overlap. Two robust variants repeat everything: ``robust`` drops the rows whose norm
+``‖Δy‖`` exceeds its 99th percentile (trimmed), ``normalised`` uses per-sample normalised
+responses ``Δy / ‖Δy‖`` (each row on the unit sphere, so every row weighs the same in the
+second moment). The share of the second moment carried by the top 1 % of rows measures how
 heavy-tailed the responses are.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["EXPECTED", "middle_node", "tail_share", "normalise_rows", "interval", "triple_verdict",
+__all__ = ["EXPECTED", "middle_node", "tail_share", "normalise_rows", "trim_rows", "interval", "triple_verdict",
            "independence_summary"]
 
 EXPECTED = {"fork": "lower", "chain": "lower", "collider": "raise"}
@@ -61,6 +62,12 @@ def normalise_rows(dy: Tensor) -> Tensor:
     """``Δy / ‖Δy‖`` per row (rows of norm 0 stay 0)."""
     norm = dy.norm(dim=1, keepdim=True)
     return torch.where(norm > 0, dy / norm.clamp_min(1e-300), torch.zeros_like(dy))
+
+
+def trim_rows(dy: Tensor, keep: float = 0.99) -> Tensor:
+    """Rows of ``dy`` whose norm is at most the ``keep`` quantile of the row norms."""
+    norm = dy.norm(dim=1)
+    return dy[norm <= torch.quantile(norm, keep)]
 
 
 def interval(dy: Tensor, i: int, j: int, *, n_boot: int, seed: int) -> dict[str, float]:
@@ -124,8 +131,8 @@ def triple_verdict(
         quantile: kept fraction when conditioning on small ``|Δy_k|``.
 
     Returns:
-        ``{"kind", "pair", "middle", "expected", "data", "raw", "robust", "tail_share_top1pct"}``;
-        ``raw`` and ``robust`` (normalised rows) each hold ``jvp``, ``conditioned``,
+        ``{"kind", "pair", "middle", "expected", "data", "raw", "robust", "normalised", "tail_share_top1pct"}``;
+        ``raw``, ``robust`` (trimmed rows) and ``normalised`` each hold ``jvp``, ``conditioned``,
         ``hold_fixed`` intervals with their verdicts and separations.
     """
     from ..datasets.scm import partial_correlation
@@ -141,12 +148,14 @@ def triple_verdict(
     if data is not None:
         res["data"] = {"corr": partial_correlation(data, i, j), "partial_corr": partial_correlation(data, i, j, [k])}
     res["raw"] = _block(kind, dy, hold, i, j, k, quantile=quantile, n_boot=n_boot, seed=seed)
-    res["robust"] = _block(kind, normalise_rows(dy), None if hold is None else normalise_rows(hold), i, j, k,
+    res["robust"] = _block(kind, trim_rows(dy), None if hold is None else trim_rows(hold), i, j, k,
                            quantile=quantile, n_boot=n_boot, seed=seed)
+    res["normalised"] = _block(kind, normalise_rows(dy), None if hold is None else normalise_rows(hold), i, j, k,
+                               quantile=quantile, n_boot=n_boot, seed=seed)
     prod = dy[:, i] * dy[:, j]
     res["tail_share_top1pct"] = {triple[0]: tail_share(dy[:, i]), triple[1]: tail_share(dy[:, j]),
                                  triple[2]: tail_share(dy[:, k]), "product": tail_share(prod.abs().sqrt())}
-    for key in ("raw", "robust"):
+    for key in ("raw", "robust", "normalised"):
         b = res[key]
         b["width_jvp"] = b["jvp"]["upper"] - b["jvp"]["lower"]
     return res

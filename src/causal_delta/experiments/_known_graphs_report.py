@@ -27,13 +27,16 @@ def headline(tabular: list[dict], images: list[dict]) -> dict[str, Any]:
     for level, rows in (("tabular", tabular), ("images", images)):
         if not _motifs(rows):
             continue
-        for block in ("raw", "robust"):
-            tag = "" if block == "raw" else "_robust"
+        for block in ("raw", "robust", "normalised"):
+            tag = "" if block == "raw" else f"_{block}"
             for est in ("conditioned", "hold_fixed"):
                 out[f"{level}_{est}_right{tag}"] = _count(rows, block, f"verdict_{est}")
                 out[f"{level}_{est}_separated{tag}"] = _count(rows, block, f"separated_{est}")
-        jp = [r["jvp_pc"]["skeleton_shd"] for r in rows]
-        out[f"{level}_jvp_pc_skeleton_shd_max"] = max(jp)
+    for level, rows in (("tabular", tabular), ("images", images)):
+        for key in ("pc_labels", "jvp_pc", "jvp_pc_hold_fixed"):
+            v = [r[key]["skeleton_shd"] for r in rows if key in r]
+            if v:
+                out[f"{level}_{key}_skeleton_shd_max"] = max(v)
     return out
 
 
@@ -82,19 +85,22 @@ def _other_table(rows: list[dict]) -> str:
         body.append([r["name"], str(r["seed"]), r["graph"],
                      C.fmt(ind["max_abs_corr"], 3) if ind else "", _yn(ind["all_cover_zero"]) if ind else "",
                      str(r.get("pc_labels", {}).get("skeleton_shd", "n/a")), str(r["jvp_pc"]["skeleton_shd"]),
-                     str(r["jvp_pc"]["shd"])])
+                     str(r.get("jvp_pc_hold_fixed", {}).get("skeleton_shd", "n/a")),
+                     str(r.get("jvp_pc_hold_fixed", r["jvp_pc"])["shd"])])
     if not body:
         return ""
     return C.markdown_table(["graph", "seed", "edges", "max abs JVP corr", "every CI covers 0",
-                             "PC labels skel. SHD", "JVP-PC skel. SHD", "JVP-PC SHD (CPDAG)"], body)
+                             "PC labels skel. SHD", "JVP-PC skel. SHD (condition)",
+                             "JVP-PC skel. SHD (hold-fixed)", "JVP-PC SHD vs CPDAG (hold-fixed)"], body)
 
 
 def summary_markdown(tabular: list[dict], images: list[dict]) -> str:
     """The ``summary.md`` body: one table per level."""
     parts = ["Verdict: conditioning on the middle node must lower |Corr| (fork, chain) or raise it "
              "(collider); *separated*: the 95 % bootstrap intervals of the unconditioned and the "
-             "conditioned (or hold-fixed) correlation do not overlap. *Robust*: per-sample normalised "
-             "responses Δy/‖Δy‖. Top-1 % share: the largest share of Σ Δy_a² carried by the top 1 % of "
+             "conditioned (or hold-fixed) correlation do not overlap. *Robust*: trimmed "
+             "responses with the rows of the largest 1 % ‖Δy‖ dropped (per-sample normalised Δy/‖Δy‖ "
+             "in report.json). Top-1 % share: the largest share of Σ Δy_a² carried by the top 1 % of "
              "samples over the three attributes.", ""]
     for title, rows, img in (("Tabular twin (identity read-out)", tabular, False), ("Images (scenes)", images, True)):
         if not rows:

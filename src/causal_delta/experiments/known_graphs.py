@@ -56,7 +56,10 @@ class KnownGraphsConfig(C.SizedConfig):
         image_size: scene side in pixels.
         image_preset, image_overrides, parametrization, image_steps, image_lr, image_batch,
             ema_decay: the image flow.
-        readout_steps, readout_width, readout_batch, readout_lr: the read-out (small CNN, regression head).
+        readout_train, readout_steps, readout_width, readout_batch, readout_lr: the read-out (small CNN,
+            regression head, :func:`causal_delta.classifier_training.train_classifier`) and its
+            number of independent training scenes (10 % held out for its R²).
+        image_rows: SCM scenes rendered for the data correlations and the fidelity statistics.
         image_probes: ``(x0, z)`` pairs for the image responses; hold_fixed_samples: of them,
             how many get hold-fixed probes (one reverse pass through the solver each).
         method, solver_steps: the ODE solver of the generator.
@@ -72,10 +75,10 @@ class KnownGraphsConfig(C.SizedConfig):
     strength: float = 1.0
     n_rows: int = 20_000
     tabular_preset: str = "mlp-small"
-    tabular_steps: int = 3000
+    tabular_steps: int = 2000
     tabular_lr: float = 1e-3
     tabular_batch: int = 256
-    tabular_probes: int = 4000
+    tabular_probes: int = 3000
     image_graphs: tuple = ("fork", "chain", "collider")
     image_seeds: tuple = (0, 1, 2)
     attributes: tuple = ("size", "hue", "brightness")
@@ -84,16 +87,18 @@ class KnownGraphsConfig(C.SizedConfig):
     image_preset: str = "mlp-small"
     image_overrides: tuple = (("hidden", 256), ("depth", 3), ("time_embed", 32))
     parametrization: str = "x1"
-    image_steps: int = 2000
+    image_steps: int = 1500
     image_lr: float = 1e-3
     image_batch: int = 64
     ema_decay: float | None = 0.999
-    readout_steps: int = 800
+    readout_train: int = 8000
+    readout_steps: int = 600
     readout_width: int = 8
     readout_batch: int = 64
     readout_lr: float = 2e-3
-    image_probes: int = 2000
-    hold_fixed_samples: int = 1000
+    image_rows: int = 3000
+    image_probes: int = 1500
+    hold_fixed_samples: int = 500
     method: str = "midpoint"
     solver_steps: int = 12
     quantile: float = 0.05
@@ -104,10 +109,9 @@ class KnownGraphsConfig(C.SizedConfig):
 
     # CI size (< 60 s on a CPU): one tabular seed, one image graph at 16x16, a few steps.
     QUICK: ClassVar[dict[str, Any]] = dict(
-        tabular_graphs=("fork", "chain", "collider", "five"), tabular_seeds=(0,), n_rows=5000, tabular_steps=300,
-        tabular_probes=1000, image_graphs=("fork",), image_seeds=(0,), image_size=16, image_steps=60,
+        tabular_graphs=("fork", "five"), tabular_seeds=(0,), n_rows=5000, tabular_steps=300, tabular_probes=1000, image_graphs=("fork",), image_seeds=(0,), image_size=16, image_steps=60,
         image_overrides=(("hidden", 64), ("depth", 2), ("time_embed", 16)), readout_steps=60, readout_width=8,
-        image_probes=128, hold_fixed_samples=32, solver_steps=8, n_boot=200, size="quick")
+        readout_train=600, image_rows=1000, image_probes=128, hold_fixed_samples=32, solver_steps=8, n_boot=100, size="quick")
 
 
 def role_assignment(dag, attributes, seed_index: int) -> tuple[tuple[str, ...], str]:
@@ -137,9 +141,15 @@ def _train_flow(out: Path, *, data: str, data_args: dict, preset: str, overrides
     return res.flow.eval(), res.losses
 
 
-def _graph_entry(dag, names, dy, data, config, hold=None, seed=0) -> dict[str, Any]:
-    """Verdicts (3-node motifs), independence summary, PC on labels and JVP-PC for one graph."""
-    from ..graphs import pc_labels, shd, skeleton_shd
+def _graph_entry(dag, names, dy, data, config, hold=None, seed=0, oracle=None) -> dict[str, Any]:
+    """Verdicts (3-node motifs), independence summary, PC on labels and JVP-PC for one graph.
+
+    JVP-PC runs with ``estimator="condition"`` on ``dy`` and, when a ``ResponseOracle`` is given,
+    with ``estimator="hold_fixed"`` too.
+    """
+    from ..graphs import shd, skeleton_shd
+    from ..graphs.jvp_pc import jvp_pc
+    from ..graphs.pc import pc_labels
     from . import _graph_verdicts as V
 
     entry: dict[str, Any] = {"graph": dag.spec(), "nodes": list(names)}
@@ -149,25 +159,23 @@ def _graph_entry(dag, names, dy, data, config, hold=None, seed=0) -> dict[str, A
                                           n_boot=config.n_boot, seed=seed)
     elif not dag.edges:
         entry["independence"] = V.independence_summary(names, dy, data=data, n_boot=config.n_boot, seed=seed)
+
+    def graph(g) -> dict[str, Any]:
+        return {"shd": shd(g, dag), "skeleton_shd": skeleton_shd(g, dag), "graph": g.pdag().to_dict()}
+
     if data is not None:
-        lab = pc_labels(np.asarray(data, dtype=np.float64), list(names), test="fisherz", alpha=config.alpha)
-        entry["pc_labels"] = {"shd": shd(lab, dag), "skeleton_shd": skeleton_shd(lab, dag), "graph": lab.pdag().to_dict()}
-    jp = _jvp_pc(dy, names, config, seed)
-    entry["jvp_pc"] = {"shd": shd(jp, dag), "skeleton_shd": skeleton_shd(jp, dag), "graph": jp.pdag().to_dict()}
+        entry["pc_labels"] = graph(pc_labels(np.asarray(data, dtype=np.float64), list(names), test="fisherz",
+                                             alpha=config.alpha))
+    kw = dict(alpha=config.alpha, n_boot=min(config.n_boot, 500), seed=seed)
+    entry["jvp_pc"] = graph(jvp_pc(dy, list(names), estimator="condition", quantile=config.quantile, **kw))
+    if oracle is not None:
+        entry["jvp_pc_hold_fixed"] = graph(jvp_pc(oracle, list(names), estimator="hold_fixed", **kw))
     return entry
 
 
-def _jvp_pc(dy, names, config, seed):
-    from ..graphs import jvp_pc
-
-    return jvp_pc(dy, list(names), estimator="condition", quantile=config.quantile, alpha=config.alpha,
-                  n_boot=min(config.n_boot, 500), seed=seed)
-
-
-def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool) -> list[dict[str, Any]]:
+def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> list[dict[str, Any]]:
     from ..datasets.scm import SCM, resolve_graph
-    from ..dependence import hold_fixed_responses
-    from ..jvp import attribute_jvp
+    from ..graphs.jvp_pc import ResponseOracle
     from ._graph_verdicts import middle_node
 
     rows = []
@@ -179,25 +187,36 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool) -> list[d
                     "strength": config.strength}
             scm = SCM(**args)
             name = f"{graph if graph in _names() else 'spec'}_s{seed}"
-            flow, losses = _train_flow(out / "tabular" / name, data="scm", data_args=args,
-                                       preset=config.tabular_preset, overrides=(), steps=config.tabular_steps,
-                                       lr=config.tabular_lr, batch=config.tabular_batch, seed=seed, progress=progress)
+            with timer("tabular_train"):
+                flow, losses = _train_flow(out / "tabular" / name, data="scm", data_args=args,
+                                           preset=config.tabular_preset, overrides=(), steps=config.tabular_steps,
+                                           lr=config.tabular_lr, batch=config.tabular_batch, seed=seed,
+                                           progress=progress)
             data = scm.sample(config.n_rows, torch.Generator().manual_seed(10_000 + seed))
             with C.seeded(seed + 1) as gen:
                 x0 = torch.randn(config.tabular_probes, scm.dim, generator=gen)
-                z = torch.randn(config.tabular_probes, scm.dim, generator=gen)
-            feats = list(range(scm.dim))
-            res = attribute_jvp(flow, x0, z, features=feats, method=config.method, steps=config.solver_steps)
-            hold = None
-            if len(dag.nodes) == 3 and len(dag.edges) == 2:
-                k = scm.index(middle_node(dag)[3])
-                hold = hold_fixed_responses(flow, x0, z, k, features=feats, method=config.method,
-                                            steps=config.solver_steps, gradient_mode="forward").responses
-            entry = _graph_entry(dag, scm.names, res.responses, data, config, hold=hold, seed=seed)
+                z = torch.randn(config.tabular_probes, 1, scm.dim, generator=gen)
+            with timer("tabular_estimators"):
+                # identity read-out; hold-fixed gradients by forward mode (d is small)
+                oracle = ResponseOracle(flow, x0, z, features=list(range(scm.dim)), method=config.method,
+                                        steps=config.solver_steps, gradient_mode="forward", batch_size=1024)
+                dy = oracle.responses()
+                hold = None
+                if len(dag.nodes) == 3 and len(dag.edges) == 2:
+                    hold = oracle.responses((scm.index(middle_node(dag)[3]),))
+                entry = _graph_entry(dag, scm.names, dy, data, config, hold=hold, seed=seed, oracle=oracle)
+            samples = _generate(flow, x0, config)
             entry.update(level="tabular", name=graph, seed=seed, final_loss=float(np.mean(losses[-100:])),
-                         generated_corr=_corr(res.samples), data_corr_matrix=_corr(data))
+                         generated_corr=_corr(samples), data_corr_matrix=_corr(data))
             rows.append(entry)
     return rows
+
+
+def _generate(flow, x0, config):
+    from ..solvers import integrate
+
+    with torch.no_grad():
+        return integrate(flow, x0, method=config.method, steps=config.solver_steps).x
 
 
 def _names():
@@ -215,10 +234,11 @@ def _stats(y) -> dict[str, Any]:
     return {"mean": y.mean(0).tolist(), "std": y.std(0).tolist(), "corr": _corr(y)}
 
 
-def _run_images(config: KnownGraphsConfig, out: Path, progress: bool) -> tuple[list[dict], dict]:
+def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> tuple[list[dict], dict]:
     from ..datasets.scenes import SceneSource
     from ..datasets.scm import resolve_graph
     from ..dependence import hold_fixed_responses
+    from ..graphs import DAG
     from ..jvp import attribute_jvp
     from ._known_graphs_readout import fit_readout
 
@@ -228,7 +248,8 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool) -> tuple[l
         seed = config.seed + s
         indep = SceneSource("independent", attrs, independent=True, nuisance=config.nuisance,
                             image_size=config.image_size, seed=seed)
-        readout, readout_info = fit_readout(indep, config, seed, out / "images" / f"readout_s{seed}", progress)
+        with timer("images_readout"):
+            readout, readout_info = fit_readout(indep, config, seed, out / "images" / f"readout_s{seed}", progress)
         for graph in config.image_graphs:
             dag = resolve_graph(graph)
             assign, middle = role_assignment(dag, attrs, si)
@@ -237,57 +258,82 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool) -> tuple[l
                     "image_size": config.image_size}
             src = SceneSource(**args)
             name = f"{graph}_s{seed}"
-            flow, losses = _train_flow(out / "images" / name, data="scenes", data_args=args,
-                                       preset=config.image_preset, overrides=config.image_overrides,
-                                       steps=config.image_steps, lr=config.image_lr, batch=config.image_batch,
-                                       seed=seed, parametrization=config.parametrization,
-                                       ema_decay=config.ema_decay, progress=progress)
-            real, u = src.sample_labelled(config.n_rows if config.size == "full" else 2000,
-                                          torch.Generator().manual_seed(10_000 + seed))
-            order = [assign.index(a) for a in attrs]  # label columns in read-out order
-            u = u[:, order].double()
+            with timer("images_train"):
+                flow, losses = _train_flow(out / "images" / name, data="scenes", data_args=args,
+                                           preset=config.image_preset, overrides=config.image_overrides,
+                                           steps=config.image_steps, lr=config.image_lr, batch=config.image_batch,
+                                           seed=seed, parametrization=config.parametrization,
+                                           ema_decay=config.ema_decay, progress=progress)
+            real, u = src.sample_labelled(config.image_rows, torch.Generator().manual_seed(10_000 + seed))
+            u = u[:, [assign.index(a) for a in attrs]].double()  # label columns in read-out order
             with torch.no_grad():
-                pred = torch.cat([readout(real[b: b + 1000]) for b in range(0, len(real), 1000)]).double()
+                pred = torch.cat([readout(real[b: b + 500]) for b in range(0, len(real), 500)]).double()
             with C.seeded(seed + 1) as gen:
                 x0 = torch.randn(config.image_probes, *src.event_shape, generator=gen)
                 z = torch.randn(config.image_probes, *src.event_shape, generator=gen)
-            res = attribute_jvp(flow, x0, z, classifier=readout, method=config.method, steps=config.solver_steps)
             k = attrs.index(middle)
             nh = min(config.hold_fixed_samples, config.image_probes)
-            hold = hold_fixed_responses(flow, x0[:nh], z[:nh], k, classifier=readout, method=config.method,
-                                        steps=config.solver_steps, batch_size=64).responses
-            # the true graph over the read-out's columns
+            with timer("images_jvp"):
+                res = attribute_jvp(flow, x0, z, classifier=readout, method=config.method,
+                                    steps=config.solver_steps)
+            with timer("images_hold_fixed"):
+                hold = hold_fixed_responses(flow, x0[:nh], z[:nh], k, classifier=readout, method=config.method,
+                                            steps=config.solver_steps, batch_size=64).responses
             rename = dict(zip(dag.nodes, assign))
-            from ..graphs import DAG
-
-            true = DAG(attrs, [(rename[a], rename[b]) for a, b in dag.edges])
-            entry = _graph_entry(true, attrs, res.responses, u, config, hold=hold, seed=seed)
+            true = DAG(attrs, [(rename[a], rename[b]) for a, b in dag.edges])  # over the read-out's columns
+            with timer("images_estimators"):
+                entry = _graph_entry(true, attrs, res.responses, u, config, hold=hold, seed=seed)
             gen_out = res.outputs.double()
             r2 = 1 - ((pred - u) ** 2).mean(0) / u.var(0)
-            entry.update(level="images", name=graph, seed=seed, assignment=dict(zip(dag.nodes, assign)),
-                         final_loss=float(np.mean(losses[-100:])), readout=readout_info,
-                         readout_r2_scm=r2.tolist(),
+            gap = np.abs(np.array(_corr(gen_out)) - np.array(_corr(pred)))
+            entry.update(level="images", name=graph, seed=seed, assignment=rename,
+                         final_loss=float(np.mean(losses[-100:])), readout=readout_info, readout_r2_scm=r2.tolist(),
                          fidelity={"labels": _stats(u), "readout_on_training_images": _stats(pred),
-                                   "readout_on_generated": _stats(gen_out),
-                                   "corr_gap_max": float(np.max(np.abs(np.array(_corr(gen_out)) - np.array(_corr(pred)))))})
+                                   "readout_on_generated": _stats(gen_out), "corr_gap_max": float(gap.max()),
+                                   "std_ratio_generated_vs_training": (gen_out.std(0) / pred.std(0)).tolist()})
             rows.append(entry)
             samples[name] = (real[:8], res.samples[:8])
     return rows, samples
+
+
+def _validate(config: KnownGraphsConfig) -> None:
+    """Fail fast (before any training) on graphs, attributes and sizes that cannot run."""
+    from ..datasets.scenes import ATTRIBUTES
+    from ..datasets.scm import MECHANISMS, NOISES, resolve_graph
+    from ._graph_verdicts import middle_node
+
+    for g in config.tabular_graphs:
+        resolve_graph(g)
+    for g in config.image_graphs:
+        try:
+            middle_node(resolve_graph(g))
+        except ValueError as exc:
+            raise ValueError(f"image_graphs: {exc}") from None
+    if len(config.attributes) != 3 or len(set(config.attributes)) != 3 or not set(config.attributes) <= set(ATTRIBUTES):
+        raise ValueError(f"attributes must be three distinct names among {list(ATTRIBUTES)}, got {list(config.attributes)}")
+    bad = [a for a in config.nuisance if a not in ATTRIBUTES or a in config.attributes]
+    if bad:
+        raise ValueError(f"nuisance must name other scene attributes among {list(ATTRIBUTES)}, got {bad}")
+    if config.mechanism not in MECHANISMS or config.noise not in NOISES:
+        raise ValueError(f"mechanism must be one of {MECHANISMS} and noise one of {NOISES}, "
+                         f"got {config.mechanism!r}, {config.noise!r}")
+    if not 0.0 < config.quantile <= 1.0:
+        raise ValueError(f"quantile must lie in (0, 1], got {config.quantile!r}")
 
 
 def run_known_graphs(config: KnownGraphsConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
     """Run the tabular twin and the image benchmark; write ``report.json``, ``summary.md`` and PNGs."""
     from ._known_graphs_report import figures, headline, summary_markdown
 
+    _validate(config)
     out = C.prepare_output(out_dir)
     timer = C.Timer()
-    with timer("tabular"):
-        tabular = _run_tabular(config, out, progress)
-    with timer("images"):
-        images, samples = _run_images(config, out, progress) if config.image_graphs and config.image_seeds else ([], {})
+    tabular = _run_tabular(config, out, progress, timer)
+    images, samples = _run_images(config, out, progress, timer) if config.image_graphs and config.image_seeds else ([], {})
     with timer("figures"):
         figs = figures(out, tabular, images, samples)
-    results = {"tabular": tabular, "images": images, "headline": headline(tabular, images)}
+    results = {"tabular": tabular, "images": images, "headline": headline(tabular, images),
+               "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     return C.write_report(out, experiment="known-graphs", paper="issue 9 (known-graph benchmarks)", config=config,
                           quick=config.size == "quick", results=results, published=None, timer=timer, figures=figs,
                           summary=summary_markdown(tabular, images))
