@@ -13,9 +13,10 @@ with ``s`` the ``strength``, weights ``w_{pj} = ±U(0.75, 1.25)`` and per-edge m
 fixed Monte-Carlo reference sample of ``n_reference`` rows drawn from the seed), so every
 output has mean ≈ 0 and variance ≈ 1.
 
-Mechanisms (each centred-ish, monotone or nearly so, so a causal edge carries a clear linear
-correlation): ``linear`` ``x``; ``tanh`` ``1.5 tanh(x)``; ``softplus`` ``2 softplus(x) - 1.4``;
-``quadratic`` ``x + 0.35 x²``; ``mixed`` draws one of the non-linear ones per edge.
+Mechanisms (each monotone, so a causal edge carries a clear linear correlation even for
+skewed inputs): ``linear`` ``x``; ``tanh`` ``1.5 tanh(x)``; ``softplus`` ``2 softplus(x) - 1.4``;
+``quadratic`` the signed square ``x + 0.35 x |x|``; ``mixed`` draws one of the non-linear ones
+per edge.
 Noises (zero mean, unit variance): ``gaussian``; ``laplace`` (scale ``1/√2``); ``uniform`` on
 ``[-√3, √3]``; ``gamma`` (shape 2, ``(G - 2)/√2``, skewed); ``mixed`` draws one per node.
 
@@ -63,7 +64,7 @@ def _mechanism(kind: str, x: Tensor) -> Tensor:
     if kind == "softplus":
         return 2.0 * torch.nn.functional.softplus(x) - 1.4
     if kind == "quadratic":
-        return x + 0.35 * x * x
+        return x + 0.35 * x * x.abs()  # monotone: x + 0.35 x^2 would fold back for x < -1.43
     raise ValueError(f"mechanism must be one of {MECHANISMS}, got {kind!r}")  # pragma: no cover
 
 
