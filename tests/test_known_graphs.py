@@ -18,13 +18,12 @@ from causal_delta.graphs.pc import pc_labels
 
 @pytest.fixture(scope="module")
 def tabular_twin(tmp_path_factory):
-    """Fork, chain and collider at three seeds, plus the five-node graph (test scale)."""
-    cfg = KnownGraphsConfig.quick(tabular_graphs=("fork", "chain", "collider", "five"), tabular_seeds=(0, 1, 2),
-                                  tabular_steps=400, tabular_probes=1500, n_rows=2000, image_graphs=(),
-                                  n_boot=200)
-    with torch.random.fork_rng():
-        torch.set_num_threads(1)
-        return run_known_graphs(cfg, tmp_path_factory.mktemp("kg"), progress=False)["results"]["tabular"]
+    """Fork, chain and collider at three seeds, plus the five-node graph at one (test scale)."""
+    kw = dict(tabular_steps=400, tabular_probes=1000, n_rows=2000, image_graphs=(), n_boot=100)
+    motifs = KnownGraphsConfig.quick(tabular_graphs=("fork", "chain", "collider"), tabular_seeds=(0, 1, 2), **kw)
+    five = KnownGraphsConfig.quick(tabular_graphs=("five",), tabular_seeds=(0,), **kw)
+    return [r for cfg in (motifs, five)
+            for r in run_known_graphs(cfg, tmp_path_factory.mktemp("kg"), progress=False)["results"]["tabular"]]
 
 
 def test_tabular_twin_verdicts_at_three_seeds(tabular_twin):
@@ -45,7 +44,7 @@ def test_tabular_twin_verdicts_at_three_seeds(tabular_twin):
 
 def test_jvp_pc_recovers_the_five_node_skeleton(tabular_twin):
     five = [r for r in tabular_twin if r["name"] == "five"]
-    assert len(five) == 3
+    assert len(five) == 1
     for r in five:
         assert r["jvp_pc_hold_fixed"]["skeleton_shd"] <= 1, r["jvp_pc_hold_fixed"]
 
@@ -107,6 +106,6 @@ def test_reproduce_quick_writes_its_files(tmp_path, capsys):
 def test_bad_settings_fail_before_training(tmp_path, capsys, setting, match):
     assert main(["reproduce", "known-graphs", "--quick", "--out", str(tmp_path / "x"), "--no-progress",
                  "--set", setting]) == 2
-    err = capsys.readouterr().err
-    assert match in err and len(err.strip().splitlines()) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # the error is one line
+    assert last.startswith("causal-delta reproduce: error:") and match in last
     assert not (tmp_path / "x" / "tabular").exists()
