@@ -20,9 +20,8 @@ per edge.
 Noises (zero mean, unit variance): ``gaussian``; ``laplace`` (scale ``1/√2``); ``uniform`` on
 ``[-√3, √3]``; ``gamma`` (shape 2, ``(G - 2)/√2``, skewed); ``mixed`` draws one per node.
 
-Helpers: :func:`partial_correlation` (regression residuals, float64) and
-:func:`partial_correlations_given_rest` (inverse correlation matrix) — two routes to the same
-number that the tests check against each other.
+Helper: :func:`partial_correlations_given_rest` (inverse covariance matrix), the independent
+check of :func:`causal_delta.graphs.pc.partial_correlation` (regression residuals) in the tests.
 
 Registered as the data source ``"scm"``, so
 ``causal-delta train --data scm --data-args '{"graph": "fork", "seed": 0}'`` trains on it.
@@ -31,7 +30,6 @@ Registered as the data source ``"scm"``, so
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -45,7 +43,6 @@ __all__ = [
     "NOISES",
     "SCM",
     "resolve_graph",
-    "partial_correlation",
     "partial_correlations_given_rest",
     "scm_source",
 ]
@@ -208,30 +205,6 @@ def _as_2d(x: Any, name: str = "x") -> Tensor:
     if x.ndim != 2 or x.shape[0] < 3 or x.shape[1] < 2:
         raise ValueError(f"{name} must have shape (n, m) with n >= 3, m >= 2, got {tuple(x.shape)}")
     return x
-
-
-def partial_correlation(x: Any, i: int, j: int, given: Sequence[int] = ()) -> float:
-    r"""Partial correlation of columns ``i`` and ``j`` of ``x`` ``(n, m)`` given the columns ``given``.
-
-    Regression route: residuals of ``x_i`` and ``x_j`` after least squares on
-    ``[1, x_given]``, then their Pearson correlation (float64). With ``given = ()`` this is
-    the ordinary Pearson correlation. It measures *linear* conditional dependence only.
-    """
-    x = _as_2d(x)
-    m = x.shape[1]
-    given = [int(g) for g in given]
-    for name, idx in (("i", i), ("j", j), *(("given", g) for g in given)):
-        if not 0 <= int(idx) < m:
-            raise ValueError(f"{name} must be a column index in [0, {m}), got {idx!r}")
-    if i == j or i in given or j in given:
-        raise ValueError(f"i, j and given must be distinct columns, got i={i}, j={j}, given={given}")
-    design = torch.cat([torch.ones(x.shape[0], 1, dtype=x.dtype), x[:, given]], dim=1)
-    targets = x[:, [i, j]]
-    coef = torch.linalg.lstsq(design, targets).solution
-    res = targets - design @ coef
-    res = res - res.mean(0)
-    den = float(res.pow(2).sum(0).prod().sqrt())
-    return float((res[:, 0] * res[:, 1]).sum()) / den if den > 0 else float("nan")
 
 
 def partial_correlations_given_rest(x: Any) -> Tensor:

@@ -135,7 +135,7 @@ def triple_verdict(
         ``raw``, ``robust`` (trimmed rows) and ``normalised`` each hold ``jvp``, ``conditioned``,
         ``hold_fixed`` intervals with their verdicts and separations.
     """
-    from ..datasets.scm import partial_correlation
+    from ..graphs.pc import partial_correlation
 
     if kind not in EXPECTED:
         raise ValueError(f"kind must be one of {sorted(EXPECTED)}, got {kind!r}")
@@ -146,7 +146,8 @@ def triple_verdict(
     res: dict[str, Any] = {"kind": kind, "pair": [triple[0], triple[1]], "middle": triple[2],
                            "expected": EXPECTED[kind]}
     if data is not None:
-        res["data"] = {"corr": partial_correlation(data, i, j), "partial_corr": partial_correlation(data, i, j, [k])}
+        x = np.asarray(data, dtype=np.float64)
+        res["data"] = {"corr": partial_correlation(x, i, j, []), "partial_corr": partial_correlation(x, i, j, [k])}
     res["raw"] = _block(kind, dy, hold, i, j, k, quantile=quantile, n_boot=n_boot, seed=seed)
     res["robust"] = _block(kind, trim_rows(dy), None if hold is None else trim_rows(hold), i, j, k,
                            quantile=quantile, n_boot=n_boot, seed=seed)

@@ -178,15 +178,17 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) ->
     from ..graphs.jvp_pc import ResponseOracle
     from ._graph_verdicts import middle_node
 
+    from ..graphs import KNOWN_GRAPHS
+
     rows = []
-    for graph in config.tabular_graphs:
+    for gi, graph in enumerate(config.tabular_graphs):
         dag = resolve_graph(graph)
         for s in config.tabular_seeds:
             seed = config.seed + s
             args = {"graph": graph, "seed": seed, "mechanism": config.mechanism, "noise": config.noise,
                     "strength": config.strength}
             scm = SCM(**args)
-            name = f"{graph if graph in _names() else 'spec'}_s{seed}"
+            name = f"{graph if graph in KNOWN_GRAPHS else f'graph{gi}'}_s{seed}"
             with timer("tabular_train"):
                 flow, losses = _train_flow(out / "tabular" / name, data="scm", data_args=args,
                                            preset=config.tabular_preset, overrides=(), steps=config.tabular_steps,
@@ -217,12 +219,6 @@ def _generate(flow, x0, config):
 
     with torch.no_grad():
         return integrate(flow, x0, method=config.method, steps=config.solver_steps).x
-
-
-def _names():
-    from ..graphs import KNOWN_GRAPHS
-
-    return KNOWN_GRAPHS
 
 
 def _corr(x) -> list:
