@@ -11,7 +11,7 @@ brightness follow the SCM, background an independent nuisance) at ``image_size``
 seed a regression read-out ``C`` (small CNN) is trained ONCE on scenes whose attributes are
 *independent* and uniform, so it cannot learn the SCM's correlations, and reused for every
 graph. For each graph and seed a flow (MLP, x1-prediction) is trained on the SCM's scenes;
-responses are ``Δy = J_{C∘f}(x0) z``. Seed ``s`` puts attribute ``s mod 3`` in the middle node,
+responses are ``Δy = J_{C∘f}(x0) z``. Seed ``s`` (an entry of ``image_seeds``) puts attribute ``s mod 3`` in the middle node,
 so across three seeds every attribute takes a turn as the fork's root, the chain's middle and
 the collider's common effect.
 
@@ -75,10 +75,10 @@ class KnownGraphsConfig(C.SizedConfig):
     strength: float = 1.0
     n_rows: int = 20_000
     tabular_preset: str = "mlp-small"
-    tabular_steps: int = 2000
+    tabular_steps: int = 1000
     tabular_lr: float = 1e-3
     tabular_batch: int = 256
-    tabular_probes: int = 3000
+    tabular_probes: int = 2000
     image_graphs: tuple = ("fork", "chain", "collider")
     image_seeds: tuple = (0, 1, 2)
     attributes: tuple = ("size", "hue", "brightness")
@@ -87,18 +87,18 @@ class KnownGraphsConfig(C.SizedConfig):
     image_preset: str = "mlp-small"
     image_overrides: tuple = (("hidden", 256), ("depth", 3), ("time_embed", 32))
     parametrization: str = "x1"
-    image_steps: int = 1500
+    image_steps: int = 1000
     image_lr: float = 1e-3
     image_batch: int = 64
     ema_decay: float | None = 0.999
-    readout_train: int = 8000
-    readout_steps: int = 600
+    readout_train: int = 6000
+    readout_steps: int = 400
     readout_width: int = 8
     readout_batch: int = 64
     readout_lr: float = 2e-3
     image_rows: int = 3000
-    image_probes: int = 1500
-    hold_fixed_samples: int = 500
+    image_probes: int = 1000
+    hold_fixed_samples: int = 400
     method: str = "midpoint"
     solver_steps: int = 12
     quantile: float = 0.05
@@ -114,8 +114,8 @@ class KnownGraphsConfig(C.SizedConfig):
         readout_train=600, image_rows=1000, image_probes=128, hold_fixed_samples=32, solver_steps=8, n_boot=100, size="quick")
 
 
-def role_assignment(dag, attributes, seed_index: int) -> tuple[tuple[str, ...], str]:
-    """Scene attributes in the DAG's node order, the middle node getting ``attributes[seed_index % 3]``.
+def role_assignment(dag, attributes, seed: int) -> tuple[tuple[str, ...], str]:
+    """Scene attributes in the DAG's node order, the middle node getting ``attributes[seed % 3]``.
 
     Returns ``(assignment, middle_attribute)``.
     """
@@ -125,7 +125,7 @@ def role_assignment(dag, attributes, seed_index: int) -> tuple[tuple[str, ...], 
     m = len(attributes)
     if m != 3:
         raise ValueError(f"attributes must name three scene attributes, got {list(attributes)}")
-    role = {k: attributes[seed_index % 3], i: attributes[(seed_index + 1) % 3], j: attributes[(seed_index + 2) % 3]}
+    role = {k: attributes[seed % 3], i: attributes[(seed + 1) % 3], j: attributes[(seed + 2) % 3]}
     return tuple(role[v] for v in dag.nodes), role[k]
 
 
@@ -240,7 +240,7 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
 
     attrs = tuple(config.attributes)
     rows, samples = [], {}
-    for si, s in enumerate(config.image_seeds):
+    for s in config.image_seeds:
         seed = config.seed + s
         indep = SceneSource("independent", attrs, independent=True, nuisance=config.nuisance,
                             image_size=config.image_size, seed=seed)
@@ -248,7 +248,7 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
             readout, readout_info = fit_readout(indep, config, seed, out / "images" / f"readout_s{seed}", progress)
         for graph in config.image_graphs:
             dag = resolve_graph(graph)
-            assign, middle = role_assignment(dag, attrs, si)
+            assign, middle = role_assignment(dag, attrs, s)
             args = {"graph": graph, "attributes": list(assign), "seed": seed, "mechanism": config.mechanism,
                     "noise": config.noise, "strength": config.strength, "nuisance": list(config.nuisance),
                     "image_size": config.image_size}
