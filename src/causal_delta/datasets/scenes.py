@@ -114,7 +114,8 @@ class SceneSource(DataSource):
             raise ValueError(f"attributes must name {self.scm.dim} distinct scene attributes, one per graph node "
                              f"{list(self.scm.names)}, got {list(attributes)}")
         if set(nuisance) & set(attributes):
-            raise ValueError(f"nuisance must not repeat an SCM attribute, got {sorted(set(nuisance) & set(attributes))}")
+            both = sorted(set(nuisance) & set(attributes))
+            raise ValueError(f"nuisance must not repeat an SCM attribute, got {both}")
         if not (isinstance(gain, (int, float)) and gain > 0):
             raise ValueError(f"gain must be > 0, got {gain!r}")
         check_positive_int("image_size", image_size)

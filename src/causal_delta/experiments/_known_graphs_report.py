@@ -122,8 +122,8 @@ def figures(out: Path, tabular: list[dict], images: list[dict], samples: dict) -
     names = []
     levels = [(t, rows) for t, rows in (("tabular", tabular), ("images", images)) if _motifs(rows)]
     if levels:
-        fig, axes = new_figure(1, len(levels), figsize=(6.5 * len(levels), 0.5 + 0.45 * max(len(_motifs(r)) for _, r in levels)),
-                               squeeze=False)
+        tallest = max(len(_motifs(r)) for _, r in levels)
+        fig, axes = new_figure(1, len(levels), figsize=(6.5 * len(levels), 0.5 + 0.45 * tallest), squeeze=False)
         for ax, (title, rows) in zip(axes[0], levels):
             ms = _motifs(rows)
             for y, r in enumerate(ms):
@@ -132,7 +132,8 @@ def figures(out: Path, tabular: list[dict], images: list[dict], samples: dict) -
                     e = raw.get(key)
                     if e is None:
                         continue
-                    ax.errorbar(e["estimate"], y + off, xerr=[[e["estimate"] - e["lower"]], [e["upper"] - e["estimate"]]],
+                    err = [[e["estimate"] - e["lower"]], [e["upper"] - e["estimate"]]]
+                    ax.errorbar(e["estimate"], y + off, xerr=err,
                                 fmt="o", ms=3, color={"jvp": "C0", "conditioned": "C3", "hold_fixed": "C2"}[key],
                                 label=label if y == 0 else None)
             ax.set_yticks(range(len(ms)))

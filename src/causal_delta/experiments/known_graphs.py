@@ -11,9 +11,10 @@ brightness follow the SCM, background an independent nuisance) at ``image_size``
 seed a regression read-out ``C`` (small CNN) is trained ONCE on scenes whose attributes are
 *independent* and uniform, so it cannot learn the SCM's correlations, and reused for every
 graph. For each graph and seed a flow (MLP, x1-prediction) is trained on the SCM's scenes;
-responses are ``Δy = J_{C∘f}(x0) z``. Seed ``s`` (an entry of ``image_seeds``) puts attribute ``s mod 3`` in the middle node,
-so across three seeds every attribute takes a turn as the fork's root, the chain's middle and
-the collider's common effect.
+responses are ``Δy = J_{C∘f}(x0) z``. Seed ``s`` (an entry of ``image_seeds``) puts attribute
+``s mod 3`` in the middle node, so across seeds 0, 1, 2 every attribute takes a turn as the
+fork's root, the chain's middle and the collider's common effect (and the seeds can run as
+separate processes: ``--set image_seeds=[1]``).
 
 For every motif: data correlation and partial correlation given the middle node, JVP
 correlation, conditioned (small ``|Δy_k|``, ``quantile``) and hold-fixed correlations with
@@ -109,9 +110,11 @@ class KnownGraphsConfig(C.SizedConfig):
 
     # CI size (< 60 s on a CPU): one tabular seed, one image graph at 16x16, a few steps.
     QUICK: ClassVar[dict[str, Any]] = dict(
-        tabular_graphs=("fork", "five"), tabular_seeds=(0,), n_rows=5000, tabular_steps=300, tabular_probes=1000, image_graphs=("fork",), image_seeds=(0,), image_size=16, image_steps=60,
+        tabular_graphs=("fork", "five"), tabular_seeds=(0,), n_rows=5000, tabular_steps=300, tabular_probes=1000,
+        image_graphs=("fork",), image_seeds=(0,), image_size=16, image_steps=60,
         image_overrides=(("hidden", 64), ("depth", 2), ("time_embed", 16)), readout_steps=60, readout_width=8,
-        readout_train=600, image_rows=1000, image_probes=128, hold_fixed_samples=32, solver_steps=8, n_boot=100, size="quick")
+        readout_train=600, image_rows=1000, image_probes=128, hold_fixed_samples=32, solver_steps=8, n_boot=100,
+        size="quick")
 
 
 def role_assignment(dag, attributes, seed: int) -> tuple[tuple[str, ...], str]:
@@ -306,7 +309,8 @@ def _validate(config: KnownGraphsConfig) -> None:
         except ValueError as exc:
             raise ValueError(f"image_graphs: {exc}") from None
     if len(config.attributes) != 3 or len(set(config.attributes)) != 3 or not set(config.attributes) <= set(ATTRIBUTES):
-        raise ValueError(f"attributes must be three distinct names among {list(ATTRIBUTES)}, got {list(config.attributes)}")
+        raise ValueError(f"attributes must be three distinct names among {list(ATTRIBUTES)}, "
+                         f"got {list(config.attributes)}")
     bad = [a for a in config.nuisance if a not in ATTRIBUTES or a in config.attributes]
     if bad:
         raise ValueError(f"nuisance must name other scene attributes among {list(ATTRIBUTES)}, got {bad}")
@@ -325,7 +329,9 @@ def run_known_graphs(config: KnownGraphsConfig, out_dir: str | os.PathLike, *, p
     out = C.prepare_output(out_dir)
     timer = C.Timer()
     tabular = _run_tabular(config, out, progress, timer)
-    images, samples = _run_images(config, out, progress, timer) if config.image_graphs and config.image_seeds else ([], {})
+    images, samples = [], {}
+    if config.image_graphs and config.image_seeds:
+        images, samples = _run_images(config, out, progress, timer)
     with timer("figures"):
         figs = figures(out, tabular, images, samples)
     results = {"tabular": tabular, "images": images, "headline": headline(tabular, images),
