@@ -141,6 +141,8 @@ DATA_SOURCES: dict[str, str | Callable[..., DataSource]] = {
     "gaussian-1d": "causal_delta.datasets.synthetic:gaussian_1d_source",
     "mixture": "causal_delta.datasets.synthetic:mixture_source",
     "celeba": "causal_delta.datasets.celeba:celeba_source",  # data_args: {"root": DIR, ...}
+    "scm": "causal_delta.datasets.scm:scm_source",
+    "scenes": "causal_delta.datasets.scenes:scene_source",
 }
 
 

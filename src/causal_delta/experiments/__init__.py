@@ -14,6 +14,7 @@ is imported until :func:`get_experiment` is called.
 | ``mixture`` | Table 4, Figure 2 (+ learned flow) | :mod:`.mixture_learned` (calls :mod:`.mixture`) |
 | ``pixels`` | Section 6.3, Table 5 | :mod:`.pixels` |
 | ``attributes`` | Section 6.4, Table 6 (CelebA) | :mod:`.attributes` |
+| ``known-graphs`` | beyond the paper: fork / chain / collider with known graphs | :mod:`.known_graphs` |
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
         ExperimentSpec("pixels", "Section 6.3, Table 5", "pixels", "PixelsConfig", "run_pixels"),
         ExperimentSpec("attributes", "Section 6.4, Table 6", "attributes", "AttributesConfig",
                        "run_attributes"),
+        ExperimentSpec("known-graphs", "issue 9 (known-graph benchmarks)", "known_graphs", "KnownGraphsConfig",
+                       "run_known_graphs"),
     )
 }
 """Experiment name (as in ``causal-delta reproduce NAME``) -> :class:`ExperimentSpec`."""
