@@ -32,7 +32,7 @@ def test_reproduce_attributes_quick_end_to_end(mini, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     res = rep["results"]
-    assert rep["quick"] and set(rep["figures"]) == {"sweep.png", "samples.png"}
+    assert rep["quick"] and set(rep["figures"]) == {"sweep.png", "samples.png", "graphs.png"}
     assert all((out / f).stat().st_size > 0 for f in ("sweep.png", "samples.png", "summary.md"))
     assert res["attributes"] == {"common_cause": "Heavy_Makeup", "pair": ["Pointy_Nose", "Rosy_Cheeks"]}
     for key in ("jvp", "conditioned", "hold_fixed"):
@@ -47,7 +47,10 @@ def test_reproduce_attributes_quick_end_to_end(mini, tmp_path, capsys):
     y = np.array([[int(v) for v in ln.split()[1:]] for ln in lines if part[ln.split()[0]] == "0"])[:, [18, 27, 29]]
     assert res["empirical_labels"]["pair"]["estimate"] == pytest.approx(np.corrcoef(y[:, 1], y[:, 2])[0, 1], abs=1e-12)
     assert res["empirical_labels"]["pair"]["n"] == len(y) == 33
-    assert len(res["sweep"]["estimate"]) == 6 and res["graphs"]["status"] == "not computed"
+    assert len(res["sweep"]["estimate"]) == 6
+    assert set(res["graphs"]) == {"labels", "generator", "differences"}
+    assert res["graphs"]["labels"]["test"] == "chisq" and res["graphs"]["generator"]["test"] == "jvp-condition"
+    assert (out / "graphs.png").exists() and (out / "graphs.dot").exists()
     fid = res["fidelity"]
     assert fid["generated"]["n"] == 48 and fid["real_held_out"]["n"] == 7
     assert 0 < res["top_1pct_share_of_second_moment"]["Pointy_Nose"] <= 1

@@ -204,14 +204,26 @@ def _classifier_stats(logits: torch.Tensor) -> dict[str, Any]:
             "pair_corr_logits": C.pearson(s[:, 1], s[:, 2])}
 
 
-def _hypothesis_graphs(labels: torch.Tensor, dy: torch.Tensor, names: tuple[str, ...]) -> dict[str, Any]:
-    """Hypothesis graphs of the labels (PC) and of the generator (JVP-PC).
+def _hypothesis_graphs(labels: torch.Tensor, dy: torch.Tensor, names: tuple[str, ...], config: AttributesConfig,
+                       out: Path) -> dict[str, Any]:
+    """Hypothesis graphs (Figure 4): PC on the 0/1 labels (chi-square) and JVP-PC on the responses.
 
-    LEAD: call ``causal_delta.graphs`` here (helper H2's PC on the 0/1 labels and JVP-PC with
-    the conditioned-JVP CI test) and return their JSON; the report keeps this entry's place.
+    The JVP graph's CI test is the conditioned-JVP estimator (:func:`causal_delta.graphs.jvp_pc`,
+    ``estimator="condition"``, the experiment's conditioning quantile, bootstrap p-values); both
+    searches use ``alpha = 0.05`` and the triple's order. Writes ``graphs.png`` and ``graphs.dot``.
     """
-    return {"status": "not computed", "note": "causal_delta.graphs is wired in by the lead",
-            "attributes": list(names), "n_labels": int(labels.shape[0]), "n_responses": int(dy.shape[0])}
+    from ..graphs import jvp_pc, pc_labels, plot_graphs
+    from ..graphs.result import edge_differences
+    from ..report import write_text
+
+    g_labels = pc_labels(labels.numpy().astype(np.int64), names, test="chisq", alpha=0.05)
+    g_jvp = jvp_pc(dy, names, estimator="condition", alpha=0.05, quantile=config.condition_quantile,
+                   n_boot=min(config.n_boot, 200), seed=config.seed)
+    plot_graphs([("labels (PC, chi-square)", g_labels), ("generator (JVP-PC, conditioned)", g_jvp)],
+                out / "graphs.png")
+    write_text(out / "graphs.dot", g_labels.to_dot("labels") + "\n" + g_jvp.to_dot("generator"))
+    return {"labels": g_labels.to_dict(), "generator": g_jvp.to_dict(),
+            "differences": edge_differences(g_labels, g_jvp)}
 
 
 def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, *,
@@ -333,8 +345,7 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
             "flow": {"checkpoint": config.flow_checkpoint, "train_steps": len(losses),
                      "final_loss_mean_last_50": float(np.mean(losses[-50:])) if losses else None},
         }
-        # ---- LEAD: hypothesis graphs (labels PC and JVP-PC from causal_delta.graphs) ----
-        results["graphs"] = _hypothesis_graphs(labels, dy, triple)
+        results["graphs"] = _hypothesis_graphs(labels, dy, triple, config, out)
         results["headline"] = {"empirical": results["empirical_labels"]["pair"]["estimate"],
                                "jvp": results["jvp"]["estimate"], "conditioned": results["conditioned"]["estimate"],
                                "hold_fixed": results["hold_fixed"]["estimate"]}
@@ -373,7 +384,7 @@ def _figures(out: Path, results: dict[str, Any], real: torch.Tensor, generated: 
     axes[0][0].set_ylabel("real")
     axes[1][0].set_ylabel("generated")
     save_figure(fig, out / "samples.png")
-    return ["sweep.png", "samples.png"]
+    return ["sweep.png", "samples.png", "graphs.png"]
 
 
 def _summary(results: dict[str, Any], config: AttributesConfig) -> str:
@@ -418,4 +429,15 @@ def _summary(results: dict[str, Any], config: AttributesConfig) -> str:
         f"Triple: common cause {k}, pair {i} & {j}; {config.n_samples} samples, {config.image_size}x"
         f"{config.image_size} images, one unit-norm Gaussian probe per sample.", "", table, "", fid_table, "",
         f"Share of the second moment carried by the top 1 % of samples: {tails}.", "", clf_line,
-        f"Hypothesis graphs: {results['graphs']['status']}.", ""])
+        _graph_line(results["graphs"]), ""])
+
+
+def _graph_line(graphs: dict[str, Any]) -> str:
+    def edges(g: dict[str, Any]) -> str:
+        marks = [f"{a}->{b}" for a, b in g["directed"]] + [f"{a}--{b}" for a, b in g["undirected"]]
+        return ", ".join(marks) or "no edges"
+
+    diff = "; ".join(f"{d['pair'][0]}/{d['pair'][1]}: labels '{d['a']}' vs generator '{d['b']}'"
+                     for d in graphs["differences"]) or "none"
+    return (f"Hypothesis graphs (graphs.png): labels (PC, chi-square) {edges(graphs['labels'])}; generator "
+            f"(JVP-PC, conditioned) {edges(graphs['generator'])}. Differences: {diff}.")
