@@ -176,7 +176,9 @@ def _summary(rep: dict) -> str:
 
     lines = ["# causal-delta graph", "",
              f"Attributes: {', '.join(rep['attributes'])}; {rep['n_responses']} responses; "
-             f"estimator {j['settings']['estimator']} (quantile {j['settings']['quantile']}), alpha {j['alpha']}, "
+             f"estimator {j['settings']['estimator']}"
+             + (f" (kept fraction {j['settings']['quantile']})" if j["settings"]["estimator"] == "condition" else "")
+             + f", alpha {j['alpha']}, "
              f"depth {j['depth']}.", "",
              f"- generator (JVP-PC): {edges(j)}"]
     if lab is None:
