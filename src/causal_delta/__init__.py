@@ -21,6 +21,7 @@ __all__ = [
     "solvers",
     "jvp",
     "dependence",
+    "diagnostics",
     "datasets",
     "experiments",
 ]

@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "sample": "sample",
     "jvp": "jvp",
     "dependence": "dependence",
+    "diagnose": "diagnose",
     "reproduce": "reproduce",
 }
 
