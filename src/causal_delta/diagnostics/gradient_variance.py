@@ -18,8 +18,9 @@ A field that fits every pair exactly has ``ℓ_i = 0`` and ``∇ℓ_i = 0``, so 
 (Proposition 1 of the paper); where deterministic lines cross (``x_{t,i}`` equal, ``y_i``
 different) no field can fit them and ``V(t)`` spikes.
 
-Sums are accumulated in float64 around the first chunk's mean (a shift that keeps the
-one-pass variance free of cancellation).
+Per-sample gradients are reduced chunk by chunk without forming the ``n × P`` matrix in float64:
+a two-pass variance per coordinate inside each chunk (``torch.var_mean``), merged across chunks
+with the pairwise update of Chan, Golub & LeVeque (no cancellation of a large mean gradient).
 """
 
 from __future__ import annotations
@@ -131,24 +132,26 @@ def gradient_variance(
         for t_val in grid:
             t = torch.full((n,), float(t_val), dtype=dtype, device=x0.device)
             batch = path.sample(x0, x1, t, generator=generator)
-            shift = None
-            s1 = s2 = None
-            loss_sum = 0.0
+            count, mean, m2, loss_sum = 0, None, 0.0, 0.0
             for lo in range(0, n, chunk):
                 sl = slice(lo, lo + chunk)
                 g, values = per_sample(params, batch.x_t[sl], batch.t[sl], batch.target[sl])
-                flat = torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], dim=1).to(torch.float64)
-                if shift is None:
-                    shift = flat.mean(0)
-                    s1 = torch.zeros_like(shift)
-                    s2 = torch.zeros((), dtype=torch.float64, device=flat.device)
-                dev = flat - shift
-                s1 = s1 + dev.sum(0)
-                s2 = s2 + dev.square().sum()
+                c = values.shape[0]
+                # per coordinate: two-pass variance inside the chunk, then Chan et al.'s update
+                # to merge chunks (sum of squared deviations M2 and the running mean)
+                parts = [torch.var_mean(v.reshape(c, -1), dim=0, correction=0) for v in g.values()]
+                m2_c = sum(float(var.sum(dtype=torch.float64)) for var, _ in parts) * c
+                mean_c = torch.cat([mu for _, mu in parts]).to(torch.float64)
+                if mean is None:
+                    mean, m2 = mean_c, m2_c
+                else:
+                    delta = mean_c - mean
+                    m2 = m2 + m2_c + float(delta.square().sum()) * count * c / (count + c)
+                    mean = mean + delta * (c / (count + c))
+                count += c
                 loss_sum += float(values.sum())
-            mean_dev = s1 / n
-            traces.append(float((s2 - n * mean_dev.square().sum()) / (n - 1)))
-            means.append(float((shift + mean_dev).square().sum()))
+            traces.append(m2 / (n - 1))
+            means.append(float(mean.square().sum()))
             losses.append(loss_sum / n)
     finally:
         net.train(was_training)
