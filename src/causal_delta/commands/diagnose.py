@@ -21,7 +21,9 @@ import argparse
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "load_training_set"]
 
 HELP = "diagnose a trained flow (memorisation: own-pair fraction, copy ratio, MMD, gradient variance)"
-DESCRIPTION = __doc__.split("\n\n", 1)[0].strip("`")
+DESCRIPTION = ("Diagnose whether a trained flow memorised its training pairs: own-pair fraction, nearest-copy "
+               "ratio, memorisation / generalisation MMD, gradient variance over t and Jacobian spectra "
+               "(report.json, PNGs, summary.md in --out).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,9 @@ events):
 * **Jacobian view**: top singular values of ``J_f`` at training sources and at fresh sources
   (:func:`causal_delta.jvp.top_singular_directions`); a numerical rank counts the values above
   ``rank_rtol`` times the point's largest.
+
+A trajectory that diverges (a non-finite end point, e.g. a memorising field driven off its lines
+from a fresh source) is counted (``nonfinite``), never a copy, and left out of distances and MMDs.
 """
 
 from __future__ import annotations
@@ -309,6 +312,10 @@ def write_memorisation_report(report: dict[str, Any], out_dir: str | Path) -> li
     for name, jac in report.get("jacobian", {}).items():
         lines.append(f"| J_f top-{jac['k']} singular values, {name} (mean) | "
                      f"{', '.join(f'{v:.3g}' for v in jac['mean'])}; rank {jac['mean_rank']:.1f} |")
+    diverged = {k: report[k].get("nonfinite", 0) for k in ("fresh", "train_sources") if k in report}
+    if any(diverged.values()):
+        lines += ["", "Diverged trajectories (non-finite end points, left out): "
+                  + ", ".join(f"{k} {v}" for k, v in diverged.items()) + "."]
     lines += ["", f"MMD kernel: {mmd['kernel']}, bandwidth: {mmd['bandwidth_rule']}.",
               "Figures: " + ", ".join(f"`{f}`" for f in figures)]
     write_text(out / "summary.md", "\n".join(lines) + "\n")
