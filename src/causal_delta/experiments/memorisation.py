@@ -170,7 +170,7 @@ def _memorisation_stats(flow, x0, x1, heldout, config, *, jacobian_points: int =
                              jacobian_points=jacobian_points, seed=config.seed, n_fresh=len(heldout))
     rep = diagnose_memorisation(flow, x1, sources=x0, heldout=heldout, config=cfg)
     return {"own_pair": rep["own_pair"]["fraction"], "own_over_other": rep["own_pair"]["median_own_over_other"],
-            "copy_ratio_fresh": rep["fresh"]["median_ratio"],
+            "copy_ratio_fresh": rep["fresh"]["median_ratio"], "diverged_fresh": rep["fresh"]["nonfinite"],
             "memorisation_mmd2": rep["mmd"]["memorisation"]["mmd2"],
             "generalisation_mmd2": rep["mmd"]["generalisation"]["mmd2"],
             "bandwidths": [rep["mmd"]["memorisation"]["bandwidth"], rep["mmd"]["generalisation"]["bandwidth"]],
