@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from causal_delta.diagnostics import (gaussian_mmd2, gradient_variance, median_bandwidth, mmd2_unbiased,
+from causal_delta.diagnostics import (gaussian_mmd2, gradient_variance, median_bandwidth, mmd2_biased, mmd2_unbiased,
                                       nearest_copy_statistics, own_pair_statistics)
 
 
@@ -173,3 +173,16 @@ def test_copy_statistics():
     assert nearest_copy_statistics(diverged, targets)["nonfinite"] == 1
     with pytest.raises(ValueError, match="row for row"):
         own_pair_statistics(copies[:5], targets)
+
+
+def test_biased_mmd_and_paired_copies():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    assert mmd2_biased(x, x.clone(), 1.0) == pytest.approx(0.0, abs=1e-15)
+    u, _ = mmd2_unbiased(x, x.clone(), 1.0)
+    k = torch.exp(-torch.cdist(x, x).square() / 2)
+    S, n = float(k.sum()), 40
+    assert u == pytest.approx(2 * ((S - n) / (n * (n - 1)) - S / n**2), rel=1e-10)
+    assert u < 0  # the U-statistic of paired copies is negative (see causal_delta.diagnostics.mmd)
+    with pytest.raises(ValueError, match="bandwidth"):
+        mmd2_biased(x, x, -1.0)

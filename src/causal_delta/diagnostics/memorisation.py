@@ -17,7 +17,9 @@ events):
   ``f(x0_i)``, with the own target included among the candidates.
 * **MMD** (:mod:`.mmd`, unbiased, Gaussian kernel): *memorisation* MMD² between ``f(x0_i)`` and
   the training targets; *generalisation* MMD² between ``f(z)`` (fresh) and held-out targets
-  (when given); and ``f(z)`` vs training targets. Bandwidths are recorded.
+  (when given); and ``f(z)`` vs training targets. Each as the unbiased U-statistic and the
+  biased V-statistic (the U-statistic is negative for paired copies, see :mod:`.mmd`).
+  Bandwidths are recorded.
 * **gradient variance** ``V(t)`` on a grid (:mod:`.gradient_variance`) on the training pairs,
   or on fresh sources paired at random with the targets when no sources are given.
 * **Jacobian view**: top singular values of ``J_f`` at training sources and at fresh sources
@@ -41,7 +43,7 @@ from torch import Tensor
 
 from .._validation import check_positive_int
 from .gradient_variance import gradient_variance
-from .mmd import mmd2_unbiased
+from .mmd import mmd2_biased, mmd2_unbiased
 
 __all__ = ["MemorisationConfig", "own_pair_statistics", "nearest_copy_statistics", "jacobian_spectra",
            "diagnose_memorisation", "write_memorisation_report", "one_line_summary"]
@@ -159,9 +161,9 @@ def _mmd(x: Tensor, y: Tensor, bandwidth: float | None, what: str) -> dict[str, 
     keep = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
     entry: dict[str, Any] = {"what": what, "nonfinite": int((~keep).sum())}
     if int(keep.sum()) < 2:
-        return {**entry, "mmd2": math.nan, "bandwidth": math.nan}
+        return {**entry, "mmd2": math.nan, "mmd2_biased": math.nan, "bandwidth": math.nan}
     v, h = mmd2_unbiased(x[keep], y, bandwidth)
-    return {**entry, "mmd2": v, "bandwidth": h}
+    return {**entry, "mmd2": v, "mmd2_biased": mmd2_biased(x[keep], y, h), "bandwidth": h}
 
 
 def _subset(n: int, m: int, generator: torch.Generator) -> Tensor:
@@ -306,7 +308,8 @@ def write_memorisation_report(report: dict[str, Any], out_dir: str | Path) -> li
              f"| nearest distance / train spacing, fresh (median) | {_fmt(report['fresh']['median_nearest_over_spacing'])} |"]
     for key in ("memorisation", "generalisation", "fresh_vs_train"):
         if key in mmd:
-            lines.append(f"| MMD² {key} (h = {mmd[key]['bandwidth']:.4g}) | {_fmt(mmd[key]['mmd2'])} |")
+            lines.append(f"| MMD² {key}, unbiased; biased V-statistic (h = {mmd[key]['bandwidth']:.4g}) | "
+                         f"{_fmt(mmd[key]['mmd2'])}; {_fmt(mmd[key]['mmd2_biased'])} |")
     i_max = max(range(len(gv["t"])), key=lambda i: gv["trace"][i])
     lines.append(f"| gradient variance: max at t = {gv['t'][i_max]:g} | {_fmt(gv['trace'][i_max])} |")
     for name, jac in report.get("jacobian", {}).items():

@@ -16,8 +16,9 @@ Three settings at CPU scale, every flow trained with :func:`causal_delta.trainin
 (c) **Gaussian mixture**, ``d = 3`` and ``d = 50``: fixed random pairs ``N(0, I)`` → mixture,
     memorisation and generalisation MMD² for σ = 0 and 0.05 next to the paper's numbers.
 
-MMDs are unbiased Gaussian-kernel U-statistics with the median-heuristic bandwidth of each
-comparison (recorded); the paper's kernel and bandwidth are not known here, so the comparison
+MMDs are Gaussian-kernel U-statistics (unbiased; negative for paired copies) and V-statistics
+(biased, ≥ 0, ≈ 0 for copies), with the median-heuristic bandwidth of each comparison
+(recorded); the paper's kernel and bandwidth are not known here, so the comparison
 is of the direction (σ = 0.05 vs 0), not of the values.
 """
 
@@ -172,7 +173,9 @@ def _memorisation_stats(flow, x0, x1, heldout, config, *, jacobian_points: int =
     return {"own_pair": rep["own_pair"]["fraction"], "own_over_other": rep["own_pair"]["median_own_over_other"],
             "copy_ratio_fresh": rep["fresh"]["median_ratio"], "diverged_fresh": rep["fresh"]["nonfinite"],
             "memorisation_mmd2": rep["mmd"]["memorisation"]["mmd2"],
+            "memorisation_mmd2_biased": rep["mmd"]["memorisation"]["mmd2_biased"],
             "generalisation_mmd2": rep["mmd"]["generalisation"]["mmd2"],
+            "generalisation_mmd2_biased": rep["mmd"]["generalisation"]["mmd2_biased"],
             "bandwidths": [rep["mmd"]["memorisation"]["bandwidth"], rep["mmd"]["generalisation"]["bandwidth"]],
             "gradient_variance_t0.5": rep["gradient_variance"]["trace"][0]}
 
@@ -264,21 +267,26 @@ def run_memorisation(config: MemorisationExperimentConfig, out_dir, *, progress:
                               [[s, *[dict(zip([round(t, 6) for t in r["t"]], r["trace"])).get(t) for t in (0.45, 0.5, 0.55)],
                                 r["peak_over_0.45"], r["peak_over_0.55"], r["final_loss"]] for s, r in crossing.items()]),
              "", f"## (b) {config.pairs_n} random pairs N(0, I) → N({config.pairs_shift:g}, I), d = {config.pairs_dim}", "",
-             C.markdown_table(["σ", "own-pair", "own/other dist", "copy ratio (fresh)", "memorisation MMD²",
-                               "generalisation MMD²", "V(½)", "final loss"],
-                              [[s, r["own_pair"], r["own_over_other"], r["copy_ratio_fresh"], r["memorisation_mmd2"],
-                                r["generalisation_mmd2"], r["gradient_variance_t0.5"], r["final_loss"]]
+             C.markdown_table(["σ", "own-pair", "own/other dist", "copy ratio (fresh)", "memorisation MMD² (U; V)",
+                               "generalisation MMD² (U; V)", "V(½)", "final loss"],
+                              [[s, r["own_pair"], r["own_over_other"], r["copy_ratio_fresh"], _uv(r, "memorisation"),
+                                _uv(r, "generalisation"), r["gradient_variance_t0.5"], r["final_loss"]]
                                for s, r in pairs["rows"].items()]),
              "", f"Memorisation breaks (own-pair < ½) first at σ = {C.fmt(pairs['break_sigma'])} of the sweep; "
              f"median nearest-neighbour distance of the sources {pairs['spacing']['median_nn_x0']:.3g}, of the "
              f"line midpoints {pairs['spacing']['median_nn_midpoints']:.3g} (noise σ·√d = σ·{math.sqrt(config.pairs_dim):.3g}).",
              "", "## (c) Gaussian mixture: MMD² (ours: median-heuristic Gaussian kernel; paper: kernel unknown)", "",
-             C.markdown_table(["setting", "memorisation MMD²", "paper", "generalisation MMD²", "paper", "own-pair"],
-                              [[k, r["memorisation_mmd2"], _paper(r, "memorisation_mmd"), r["generalisation_mmd2"],
+             C.markdown_table(["setting", "memorisation MMD² (U; V)", "paper", "generalisation MMD² (U; V)", "paper",
+                               "own-pair"],
+                              [[k, _uv(r, "memorisation"), _paper(r, "memorisation_mmd"), _uv(r, "generalisation"),
                                 _paper(r, "generalisation_mmd"), r["own_pair"]] for k, r in mixture.items()])]
     return C.write_report(out, experiment="memorisation", paper="arXiv 2510.18118", config=config,
                           quick=config.steps < MemorisationExperimentConfig.steps, results=results,
                           published=PUBLISHED, timer=timer, figures=figures, summary="\n".join(lines) + "\n")
+
+
+def _uv(row: dict, what: str) -> str:
+    return f"{C.fmt(row[f'{what}_mmd2'])}; {C.fmt(row[f'{what}_mmd2_biased'])}"
 
 
 def _paper(row: dict, key: str):
