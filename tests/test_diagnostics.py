@@ -186,3 +186,18 @@ def test_biased_mmd_and_paired_copies():
     assert u < 0  # the U-statistic of paired copies is negative (see causal_delta.diagnostics.mmd)
     with pytest.raises(ValueError, match="bandwidth"):
         mmd2_biased(x, x, -1.0)
+
+
+def test_jacobian_spectra_on_image_shaped_points_match_the_full_jacobian():
+    from causal_delta.diagnostics import jacobian_spectra
+    from causal_delta.jvp import jacobian
+    from causal_delta.models import build_model
+    from causal_delta.paths import VelocityField
+
+    torch.manual_seed(0)
+    flow = VelocityField(build_model("mlp-small", event_shape=(1, 2, 2), hidden=16, depth=2)).double().eval()
+    pts = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    res = jacobian_spectra(flow, pts, k=4, method="rk4", steps=8)  # (1, H, W) keeps its channel
+    want = torch.linalg.svdvals(jacobian(flow, pts, method="rk4", steps=8))
+    torch.testing.assert_close(torch.tensor(res["values"], dtype=torch.float64), want, rtol=1e-8, atol=1e-10)
+    assert res["mean_rank"] == 4.0 and res["n"] == 2
