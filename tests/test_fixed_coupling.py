@@ -141,3 +141,5 @@ def test_cli_diagnose_errors(tmp_path, capsys):
         assert rc == 2 and re.search(message, err), (extra, err)
     assert cli.main(["train", "--pairs", str(path), "--source", str(path), "--out", str(tmp_path / "r2")]) == 2
     assert "--pairs holds both halves" in capsys.readouterr().err
+    assert cli.main(["train", "--pairs", str(path), "--data", "x.npy", "--out", str(tmp_path / "r3")]) == 2
+    assert "--pairs replaces --data" in capsys.readouterr().err

@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.pairs is not None:
         if args.source is not None:
             raise ValueError("--pairs holds both halves; give --source only with --coupling fixed and --data")
+        if args.data != "gaussian":
+            raise ValueError("--pairs replaces --data (the pairs file holds the targets); give one of them")
         data, coupling = args.pairs, "fixed"
     config = TrainConfig(
         data=data, data_args=_json_arg("--data-args", args.data_args), source=args.source, coupling=coupling,
