@@ -23,6 +23,7 @@ __all__ = [
     "jvp",
     "dependence",
     "graphs",
+    "diagnostics",
     "datasets",
     "experiments",
 ]

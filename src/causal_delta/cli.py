@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "jvp": "jvp",
     "dependence": "dependence",
     "graph": "graph",
+    "diagnose": "diagnose",
     "reproduce": "reproduce",
     "classifier": "classifier",
 }

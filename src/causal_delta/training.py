@@ -1,7 +1,8 @@
 r"""Flow-matching training loop with exact resume.
 
 Each step draws a minibatch from the data source, source points ``x0`` (``N(0, I)`` or a
-user-chosen source for two-sided transport), times ``t`` and, for ``sigma > 0``, the path
+user-chosen source for two-sided transport; with ``coupling="fixed"`` given pairs
+``(x0_i, x1_i)`` drawn together by row index), times ``t`` and, for ``sigma > 0``, the path
 noise, builds ``x_t`` with :class:`~causal_delta.paths.LinearPath` and minimises the mean
 squared error ``mean ||model(x_t, t) - target||²`` (target ``x1 - x0`` or ``x1``, MATH.md §1)
 with AdamW, optional gradient clipping and an optional exponential moving average (EMA).
@@ -41,10 +42,11 @@ from torch import Tensor, nn
 from ._validation import check_nonnegative, check_positive_int
 from .paths import PARAMETRIZATIONS, GaussianSource, LinearPath, VelocityField
 
-__all__ = ["T_SAMPLINGS", "LR_SCHEDULES", "TrainConfig", "learning_rate", "TrainResult", "TrainingDiverged",
+__all__ = ["T_SAMPLINGS", "COUPLINGS", "LR_SCHEDULES", "TrainConfig", "learning_rate", "TrainResult", "TrainingDiverged",
            "TrainingInterrupted", "resolve_device", "make_source", "train"]
 
 T_SAMPLINGS = ("uniform", "logit-normal")
+COUPLINGS = ("independent", "fixed")
 LR_SCHEDULES = ("constant", "cosine")
 # Fields that may differ between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "out_dir", "device"}
@@ -61,6 +63,11 @@ class TrainConfig:
         source: ``None`` for ``x0 ~ N(0, I)``, else a data-source name or path for ``x0``
             (two-sided transport); it must have the data's event shape.
         source_args: keyword arguments of ``source``.
+        coupling: ``"independent"`` (each step pairs fresh ``x0`` with data drawn on their own)
+            or ``"fixed"``: train on given pairs ``(x0_i, x1_i)`` (MATH.md §7), drawn by row
+            index so each stays paired: ``data`` is a pairs file (``.npz`` with ``x0``/``x1``,
+            ``.npy`` ``(N, 2, *event)``) and ``source`` is ``None``, or ``data`` (targets) and
+            ``source`` are two files of the same length (see :mod:`causal_delta.datasets.pairs`).
         preset: model preset (:data:`causal_delta.models.PRESETS`).
         model_args: overrides of the preset's hyper-parameters.
         steps: optimisation steps in total.
@@ -89,6 +96,7 @@ class TrainConfig:
     data_args: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
     source_args: dict[str, Any] = field(default_factory=dict)
+    coupling: str = "independent"
     preset: str = "mlp-small"
     model_args: dict[str, Any] = field(default_factory=dict)
     steps: int = 1000
@@ -127,6 +135,8 @@ class TrainConfig:
             raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}")
         if self.t_sampling not in T_SAMPLINGS:
             raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.preset not in PRESETS:
@@ -339,6 +349,7 @@ def _find_resume(config: TrainConfig, resume: bool | str | Path) -> Path | None:
 
 def _check_resumable(config: TrainConfig, saved: dict[str, Any], path: Path, step: int, extend: bool) -> None:
     current = config.to_dict()
+    saved = {"coupling": "independent", **saved}  # checkpoints from before the coupling setting
     diff = sorted(k for k in current if k not in _RESUMABLE_CHANGES and current[k] != saved.get(k))
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff)
@@ -396,9 +407,16 @@ def train(
     config.validate()
     start_time = time.perf_counter()
     device = resolve_device(config.device)
-    data = load_data_source(config.data, **config.data_args)
+    if config.coupling == "fixed":
+        from .datasets.pairs import paired_source
+
+        data = paired_source(config.data, config.data_args, config.source, config.source_args)
+        source = None
+    else:
+        data = load_data_source(config.data, **config.data_args)
     event_shape = tuple(data.event_shape)
-    source = make_source(config, event_shape)
+    if config.coupling != "fixed":
+        source = make_source(config, event_shape)
     path = LinearPath(sigma=config.sigma, parametrization=config.parametrization)
     resume_path = _find_resume(config, resume)
     out_dir = Path(config.out_dir)
@@ -455,8 +473,11 @@ def train(
                        dynamic_ncols=True)
         try:
             while step < config.steps:
-                x1 = data.sample(config.batch_size, generator)
-                x0 = source(config.batch_size, generator)
+                if source is None:  # fixed coupling: one index draw keeps each pair together
+                    x0, x1 = data.sample_pairs(config.batch_size, generator)
+                else:
+                    x1 = data.sample(config.batch_size, generator)
+                    x0 = source(config.batch_size, generator)
                 t = _sample_t(config.t_sampling, config.batch_size, generator)
                 noise = torch.randn(x1.shape, generator=generator) if config.sigma > 0 else None
                 batch = path.sample(x0.to(device), x1.to(device), t.to(device),

@@ -16,6 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-args", default="{}", help="JSON keyword arguments of the data source, "
                         'e.g. \'{"rho": 0.55}\'')
     parser.add_argument("--source", default=None, help="data source for x0 (default N(0, I))")
+    parser.add_argument("--coupling", choices=("independent", "fixed"), default="independent",
+                        help="fixed: train on given pairs, row i of --source with row i of --data "
+                             "(two files of the same length); see also --pairs")
+    parser.add_argument("--pairs", default=None, metavar="FILE",
+                        help="train on the fixed pairs in FILE (.npz with arrays x0 and x1, or .npy of "
+                             "shape (N, 2, *event)); short for --data FILE --coupling fixed")
     parser.add_argument("--preset", default="mlp-small", help="model preset")
     parser.add_argument("--model-args", default="{}", help="JSON overrides of the preset")
     parser.add_argument("--steps", type=int, default=1000)
@@ -77,8 +83,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--extend applies to --resume only")
     from ..training import TrainConfig, TrainingDiverged, TrainingInterrupted, train
 
+    data, coupling = args.data, args.coupling
+    if args.pairs is not None:
+        if args.source is not None:
+            raise ValueError("--pairs holds both halves; give --source only with --coupling fixed and --data")
+        if args.data != "gaussian":
+            raise ValueError("--pairs replaces --data (the pairs file holds the targets); give one of them")
+        data, coupling = args.pairs, "fixed"
     config = TrainConfig(
-        data=args.data, data_args=_json_arg("--data-args", args.data_args), source=args.source,
+        data=data, data_args=_json_arg("--data-args", args.data_args), source=args.source, coupling=coupling,
         preset=args.preset, model_args=_json_arg("--model-args", args.model_args), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, ema_decay=args.ema,

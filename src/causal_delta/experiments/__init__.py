@@ -15,6 +15,7 @@ is imported until :func:`get_experiment` is called.
 | ``pixels`` | Section 6.3, Table 5 | :mod:`.pixels` |
 | ``attributes`` | Section 6.4, Table 6 (CelebA) | :mod:`.attributes` |
 | ``known-graphs`` | beyond the paper: fork / chain / collider with known graphs | :mod:`.known_graphs` |
+| ``memorisation`` | arXiv 2510.18118 (fixed coupling, σ) | :mod:`.memorisation` |
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
                        "run_attributes"),
         ExperimentSpec("known-graphs", "issue 9 (known-graph benchmarks)", "known_graphs", "KnownGraphsConfig",
                        "run_known_graphs"),
+        ExperimentSpec("memorisation", "arXiv 2510.18118", "memorisation", "MemorisationExperimentConfig",
+                       "run_memorisation"),
     )
 }
 """Experiment name (as in ``causal-delta reproduce NAME``) -> :class:`ExperimentSpec`."""

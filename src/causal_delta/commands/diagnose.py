@@ -1,0 +1,136 @@
+"""``causal-delta diagnose memorisation``: does a trained flow reproduce its training pairs?
+
+Writes ``report.json``, ``gradient_variance.png``, ``jacobian_spectrum.png`` and ``summary.md``
+into ``--out`` (see :mod:`causal_delta.diagnostics.memorisation` for every statistic).
+
+The training set is ``--train-data`` or, when omitted, the one recorded in the checkpoint:
+
+* a pairs file (``.npz`` with ``x0``/``x1``, or ``.npy`` of shape ``(N, 2, *event)`` whose
+  event shape is the checkpoint's): sources and targets, so the own-pair statistics are computed;
+* any other data file or finite data source: targets only (no own-pair statistics; the
+  gradient variance pairs fresh sources with the targets at random).
+
+Fresh sources are drawn from the run's source (``N(0, I)`` unless it was trained from another
+source with the independent coupling; for a fixed coupling ``N(0, I)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "load_training_set"]
+
+HELP = "diagnose a trained flow (memorisation: own-pair fraction, copy ratio, MMD, gradient variance)"
+DESCRIPTION = ("Diagnose whether a trained flow memorised its training pairs: own-pair fraction, nearest-copy "
+               "ratio, memorisation / generalisation MMD, gradient variance over t and Jacobian spectra "
+               "(report.json, PNGs, summary.md in --out).")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=("memorisation",), help="which diagnostic")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    parser.add_argument("--train-data", default=None, metavar="FILE",
+                        help="training pairs (.npz x0/x1 or .npy (N, 2, *event)) or targets; default: "
+                             "the data recorded in the checkpoint")
+    parser.add_argument("--heldout", default=None, metavar="FILE", help="held-out targets for the generalisation MMD")
+    parser.add_argument("--out", default="runs/diagnose", help="output folder")
+    parser.add_argument("--solver", choices=("euler", "midpoint", "rk4"), default="rk4")
+    parser.add_argument("--steps", type=int, default=50, help="solver steps")
+    parser.add_argument("--n-fresh", type=int, default=0, help="fresh sources (0: as many as training rows, <= 2048)")
+    parser.add_argument("--t-grid", default=None, help="comma-separated times of the gradient-variance curve")
+    parser.add_argument("--grad-samples", type=int, default=0, help="pairs per t (0: all, <= 1024)")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="interpolant noise for the gradient variance (default: the run's)")
+    parser.add_argument("--jacobian-points", type=int, default=8, help="points per group for J_f spectra (0 skips)")
+    parser.add_argument("--jacobian-k", type=int, default=5, help="singular values per point")
+    parser.add_argument("--bandwidth", type=float, default=None, help="MMD kernel width (default: median heuristic)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def outputs(args: argparse.Namespace):
+    """The output folder ``--out``, locked while the run lasts."""
+    from ._common import Output
+
+    return [Output(args.out)]
+
+
+def load_training_set(path: str | None, info: dict):
+    """``(sources or None, targets)`` for ``--train-data`` ``path`` or the checkpoint's data."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..datasets import TensorSource, load_data_source
+    from ..datasets.pairs import load_pairs, paired_source
+
+    event = tuple(info["event_shape"])
+    if path is not None:
+        p = Path(path).expanduser()
+        is_pairs = p.suffix.lower() == ".npz"
+        if p.suffix.lower() == ".npy" and p.exists():
+            shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
+            is_pairs = len(shape) >= 3 and shape[1] == 2 and tuple(shape[2:]) == event
+        if is_pairs:
+            pairs = load_pairs(p)
+            return pairs.x0, pairs.x1
+        src = load_data_source(str(p))
+    else:
+        cfg = info["train_config"]
+        if cfg.get("coupling") == "fixed":
+            pairs = paired_source(cfg["data"], cfg.get("data_args"), cfg.get("source"), cfg.get("source_args"))
+            return pairs.x0, pairs.x1
+        src = load_data_source(cfg["data"], **cfg.get("data_args", {}))
+        if not isinstance(src, TensorSource):
+            raise ValueError(f"the checkpoint was trained on {cfg['data']!r}, which is not a finite data set; "
+                             f"give the training set with --train-data FILE")
+    if tuple(src.event_shape) != event:
+        raise ValueError(f"--train-data has event shape {tuple(src.event_shape)}, the checkpoint {event}")
+    return None, src.data
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._validation import check_positive_int
+    from ..checkpoint import load_flow
+    from ..datasets import TensorSource, load_data_source
+    from ..diagnostics import MemorisationConfig, diagnose_memorisation, one_line_summary, write_memorisation_report
+    from ..paths import GaussianSource
+    from ..training import make_source
+
+    check_positive_int("--steps", args.steps)
+    for name in ("n_fresh", "grad_samples", "jacobian_points"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(args, name)}")
+    check_positive_int("--jacobian-k", args.jacobian_k)
+    t_grid = MemorisationConfig.t_grid
+    if args.t_grid is not None:
+        try:
+            t_grid = tuple(float(v) for v in args.t_grid.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"--t-grid must be comma-separated numbers in [0, 1], got {args.t_grid!r}") from None
+    flow, info = load_flow(args.checkpoint, use_ema=not args.no_ema)
+    sources, targets = load_training_set(args.train_data, info)
+    heldout = None
+    if args.heldout is not None:
+        held = load_data_source(args.heldout)
+        if not isinstance(held, TensorSource):
+            raise ValueError(f"--heldout must be a data file, got {args.heldout!r}")
+        heldout = held.data
+    cfg = info["train_config"]
+    fresh = (GaussianSource(info["event_shape"]) if cfg.get("coupling") == "fixed"
+             else make_source(cfg, info["event_shape"]))
+    config = MemorisationConfig(method=args.solver, steps=args.steps, n_fresh=args.n_fresh, t_grid=t_grid,
+                                grad_samples=args.grad_samples, sigma=args.sigma,
+                                jacobian_points=args.jacobian_points, jacobian_k=args.jacobian_k,
+                                bandwidth=args.bandwidth, seed=args.seed)
+    report = diagnose_memorisation(flow, targets, sources=sources, heldout=heldout, fresh_source=fresh,
+                                   config=config, train_sigma=float(cfg.get("sigma", 0.0)),
+                                   progress=not args.no_progress)
+    report["checkpoint"] = {k: info[k] for k in ("path", "step", "preset", "used_ema")}
+    report["checkpoint"]["coupling"] = cfg.get("coupling", "independent")
+    report["checkpoint"]["sigma"] = cfg.get("sigma", 0.0)
+    write_memorisation_report(report, args.out)
+    print(one_line_summary(report))
+    print(f"wrote {args.out}/report.json, summary.md and figures")
+    return 0
