@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "reproduce a paper experiment (gaussian-1d, gaussian-2d, mixture, pixels, attributes, all)"
+HELP = "reproduce a paper experiment (gaussian-1d, gaussian-2d, mixture, pixels, attributes, flux, all)"
 
 DESCRIPTION = (
     "Re-run one of the paper's experiments (or all of them) and write report.json, PNG figures "
     "and summary.md. --quick gives a CI-sized run; without it the paper's sizes are used."
 )
 
-EXPERIMENT_NAMES = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes")
+EXPERIMENT_NAMES = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes", "flux")
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "build_config"]
 

@@ -14,6 +14,7 @@ is imported until :func:`get_experiment` is called.
 | ``mixture`` | Table 4, Figure 2 (+ learned flow) | :mod:`.mixture_learned` (calls :mod:`.mixture`) |
 | ``pixels`` | Section 6.3, Table 5 | :mod:`.pixels` |
 | ``attributes`` | Section 6.4, Table 6 (CelebA) | :mod:`.attributes` (not built yet) |
+| ``flux`` | Flux Matching, arXiv 2605.07319 | :mod:`.flux` |
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
         ExperimentSpec("pixels", "Section 6.3, Table 5", "pixels", "PixelsConfig", "run_pixels"),
         ExperimentSpec("attributes", "Section 6.4, Table 6", "attributes", "AttributesConfig",
                        "run_attributes"),
+        ExperimentSpec("flux", "arXiv 2605.07319", "flux", "FluxConfig", "run_flux"),
     )
 }
 """Experiment name (as in ``causal-delta reproduce NAME``) -> :class:`ExperimentSpec`."""
