@@ -131,16 +131,22 @@ def test_flux_loss_gradient_is_zero_on_preserving_kde_fields_and_not_on_violatin
                 "drift": lambda y: s(y) + theta * c}
     grads = {}
     for name, f in families.items():
-        vals = []
-        for seed in range(20):
-            gen = torch.Generator().manual_seed(seed)
-            loss = flux_matching_loss(f, x, sigma, method="exact", generator=gen)
-            vals.append(float(torch.autograd.grad(loss, theta)[0]))
-        grads[name] = torch.tensor(vals, dtype=torch.float64)
-    assert grads["rotation"].abs().max() < 1e-8
-    drift = grads["drift"]
-    # J(θ) grows with |θ| along a violating direction: the mean gradient is positive
-    assert drift.mean() > 3 * drift.std() / math.sqrt(drift.numel())
+        for sampling in ("uniform", "exponential"):
+            vals = []
+            for seed in range(20):
+                gen = torch.Generator().manual_seed(seed)
+                loss = flux_matching_loss(f, x, sigma, method="exact", time_sampling=sampling, generator=gen)
+                vals.append(float(torch.autograd.grad(loss, theta)[0]))
+            grads[name, sampling] = torch.tensor(vals, dtype=torch.float64)
+    for sampling in ("uniform", "exponential"):
+        assert grads["rotation", sampling].abs().max() < 1e-8
+        drift = grads["drift", sampling]
+        # J(θ) grows with |θ| along a violating direction: the mean gradient is positive
+        assert drift.mean() > 3 * drift.std() / math.sqrt(drift.numel())
+    # importance sampling of t changes the variance, not the expectation
+    u, e = grads["drift", "uniform"], grads["drift", "exponential"]
+    se = math.sqrt(u.var() / u.numel() + e.var() / e.numel())
+    assert abs(float(u.mean() - e.mean())) < 3 * se
 
 
 def test_dsm_loss_minimiser_is_the_smoothed_score():
@@ -202,6 +208,7 @@ def test_metrics_curl_and_mmd():
     (lambda: flux_matching_loss(lambda y: y, torch.zeros(3), 1.0), r"x must be a tensor of shape \(B, d\)"),
     (lambda: flux_matching_loss(lambda y: y, torch.zeros(3, 2), 1.0, pairing="x"), "pairing must be one of"),
     (lambda: flux_matching_loss(lambda y: y, torch.zeros(3, 2), 1.0, horizon=0), "horizon must be a number > 0"),
+    (lambda: flux_matching_loss(lambda y: y, torch.zeros(3, 2), 1.0, time_sampling="log"), "time_sampling must be one"),
     (lambda: langevin(lambda y: y, torch.zeros(3, 2), eta=-1.0), "eta must be a finite number > 0"),
     (lambda: annealed_langevin(lambda y, s: y, torch.zeros(3, 2), [0.1, 1.0]), "sigmas must be a non-empty decreasing"),
     (lambda: block_triangular_mask([0, -1]), "blocks must be a non-empty sequence"),

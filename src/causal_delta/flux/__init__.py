@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from .fields import MaskedMLP, TimeFree, block_triangular_mask
 from .metrics import curl_2d, mean_abs_curl, mmd2, radius_stats
-from .objective import (DIVERGENCE_METHODS, PAIRINGS, SIMULATIONS, divergence, dsm_loss, field_jacobian, field_jvp,
+from .objective import (DIVERGENCE_METHODS, PAIRINGS, SIMULATIONS, TIME_SAMPLINGS, divergence, dsm_loss, field_jacobian, field_jvp,
                         flux_matching_loss, rademacher, stein_residual)
 from .reference import kde_score, kde_score_divergence, kde_score_jvp, kde_weights, ou_simulate, ou_step
 from .samplers import SampleResult, annealed_langevin, langevin
 from .train import OBJECTIVES, FitResult, fit_field
 
 __all__ = [
-    "DIVERGENCE_METHODS", "PAIRINGS", "SIMULATIONS", "OBJECTIVES",
+    "DIVERGENCE_METHODS", "PAIRINGS", "SIMULATIONS", "TIME_SAMPLINGS", "OBJECTIVES",
     "rademacher", "field_jvp", "field_jacobian", "divergence", "stein_residual", "flux_matching_loss",
     "dsm_loss",
     "kde_weights", "kde_score", "kde_score_jvp", "kde_score_divergence", "ou_step", "ou_simulate",

@@ -36,6 +36,7 @@ exactly, without Hutchinson noise).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -44,12 +45,13 @@ from torch import Tensor
 from .._validation import check_positive_int
 from .reference import (check_bandwidth, kde_score, kde_score_jvp, kde_weights, ou_simulate)
 
-__all__ = ["DIVERGENCE_METHODS", "PAIRINGS", "SIMULATIONS", "rademacher", "field_jvp", "field_jacobian", "divergence",
+__all__ = ["DIVERGENCE_METHODS", "PAIRINGS", "SIMULATIONS", "TIME_SAMPLINGS", "rademacher", "field_jvp", "field_jacobian", "divergence",
            "stein_residual", "flux_matching_loss", "dsm_loss"]
 
 DIVERGENCE_METHODS = ("forward", "backward", "exact")
 PAIRINGS = ("own", "posterior")
 SIMULATIONS = ("label", "frozen-mean")
+TIME_SAMPLINGS = ("uniform", "exponential")
 
 Field = Callable[[Tensor], Tensor]
 
@@ -154,14 +156,17 @@ def _kde_residual(field: Field, z: Tensor, ref: Tensor, sigma: float, eps: Tenso
 
 def flux_matching_loss(field: Field, x: Tensor, sigma: float, *, horizon: float = 4.0, simulation: str = "label",
                        ou_steps: int = 4, method: str = "forward", pairing: str = "own",
-                       generator: torch.Generator | None = None) -> Tensor:
+                       time_sampling: str = "uniform", generator: torch.Generator | None = None) -> Tensor:
     r"""Stop-gradient Flux Matching surrogate ``mean_i -2 u_θ(x_0^i) · sg(ĝ_i)`` (module docstring).
 
     Args:
         field: the trainable stationary field ``f_θ``.
         x: data batch (B, d); it is also the KDE reference.
         sigma: KDE bandwidth ``σ`` (the stationary law is the data smoothed by ``N(0, σ² I)``).
-        horizon: ``H``; ``t ~ U(0, H)``, one ``t`` per batch.
+        horizon: ``H``; one ``t`` per batch.
+        time_sampling: ``"uniform"``: ``t ~ U(0, H)``, weight ``e^{-t} H``; ``"exponential"``:
+            importance sampling ``q(t) ∝ e^{-t}`` on ``[0, H]``, so the weight ``e^{-t}/q(t) =
+            1 - e^{-H}`` is constant (lower variance, same expectation).
         simulation: how ``x_t`` is drawn from ``x_0 = x_i + σ ε_i``. ``"label"``: the exact OU
             towards the kernel ``x_i`` that ``x_0`` was drawn from,
             ``x_t = x_i + σ (e^{-t} ε_i + \sqrt{1 - e^{-2t}} ξ)`` — one fused step, no
@@ -183,6 +188,7 @@ def flux_matching_loss(field: Field, x: Tensor, sigma: float, *, horizon: float 
     _check_choice("method", method, DIVERGENCE_METHODS)
     _check_choice("pairing", pairing, PAIRINGS)
     _check_choice("simulation", simulation, SIMULATIONS)
+    _check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
     check_positive_int("ou_steps", ou_steps)
     if not float(horizon) > 0:
         raise ValueError(f"horizon must be a number > 0, got {horizon!r}")
@@ -191,7 +197,14 @@ def flux_matching_loss(field: Field, x: Tensor, sigma: float, *, horizon: float 
     opts = dict(generator=generator, dtype=x.dtype, device=x.device)
     noise = torch.randn(B, d, **opts)
     x0 = x + sigma * noise
-    t = float(horizon) * torch.rand((), **opts)
+    u = torch.rand((), **opts)
+    if time_sampling == "uniform":
+        t = float(horizon) * u
+        weight = float(horizon) * torch.exp(-t)
+    else:  # inverse CDF of the truncated exponential
+        mass = 1.0 - math.exp(-float(horizon))
+        t = -torch.log1p(-u * mass)
+        weight = torch.as_tensor(mass, dtype=x.dtype, device=x.device)
     rho = torch.exp(-t)
     if simulation == "label":
         xi = torch.randn(B, d, **opts)
@@ -210,7 +223,7 @@ def flux_matching_loss(field: Field, x: Tensor, sigma: float, *, horizon: float 
         var = (sigma**2 * (1 - rho * rho)).clamp_min(torch.finfo(x.dtype).tiny)
         logits = -(torch.cdist(mu, xt).pow(2)) / (2 * var)  # (i, j)
         grad_r = torch.softmax(logits, dim=0) @ grad_r
-    g_hat = (rho * float(horizon)) * grad_r
+    g_hat = weight * grad_r
     with torch.no_grad():
         s0 = kde_score(x0, x, sigma)
     return -2.0 * ((field(x0) - s0) * g_hat).sum(-1).mean()
