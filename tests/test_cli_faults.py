@@ -254,6 +254,9 @@ def test_disk_full_mid_checkpoint_keeps_the_previous_one(tmp_path, base, monkeyp
     monkeypatch.undo()
     assert cli.main([*BASE, "--out", str(run), "--resume"]) == 0  # the folder is free again
     assert_same_run(run, base)
+    capsys.readouterr()
+    assert cli.main([*BASE, "--out", str(run), "--resume"]) == 0
+    assert "nothing to train: the checkpoint is already at step 4" in capsys.readouterr().out
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -264,8 +267,10 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_a_quick_run_prints_no_warning(tmp_path, base):
-    # A quick command, then torch's first forward-mode call in the same process: the CLI has
-    # loaded torch's forward-AD module with its torch.jit.script FutureWarning silenced.
+    # A quick command, then torch.func.jvp in the same process: the jvp command's forward mode
+    # loaded torch's forward-AD module with its torch.jit.script FutureWarning silenced, and
+    # stderr holds nothing at all. (The CLI also runs every command with that one warning
+    # filtered; see test_runlock.py::test_quiet_forward_ad_silences_only_the_jit_script_warning.)
     code = ("import sys, torch; from causal_delta import cli; rc = cli.main(sys.argv[1:]); x = torch.ones(2); "
             "torch.func.jvp(torch.sin, (x,), (x,)); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, "jvp", "--checkpoint", str(base), "--features", "0,1",

@@ -79,3 +79,18 @@ def test_every_command_with_an_out_option_declares_its_outputs(name):
     mod.add_arguments(parser)
     if any(a.dest == "out" for a in parser._actions):
         assert callable(getattr(mod, "outputs", None)), f"causal-delta {name} writes --out but has no outputs(args)"
+
+
+def test_quiet_forward_ad_silences_only_the_jit_script_warning():
+    import warnings
+
+    from causal_delta._compat import quiet_forward_ad
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_forward_ad():
+            warnings.warn("`torch.jit.script` is deprecated. Please switch to `torch.compile`", FutureWarning)
+            warnings.warn("something else", FutureWarning)
+        warnings.warn("`torch.jit.script` is deprecated. Please switch to `torch.compile`", FutureWarning)
+    messages = [str(w.message) for w in caught]
+    assert messages == ["something else", "`torch.jit.script` is deprecated. Please switch to `torch.compile`"]

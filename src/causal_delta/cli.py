@@ -15,6 +15,9 @@ inside ``run`` so that ``causal-delta --help`` answers at once.
 * Ctrl-C prints one line (for ``train``: the step reached, the intact checkpoint and the
   command that resumes) and exits with status 130 (128 + SIGINT, as shells report it);
 * ``--debug`` (or ``CAUSAL_DELTA_DEBUG=1``) lets the exception through, with its traceback.
+
+Commands run with torch's ``torch.jit.script`` ``FutureWarning`` silenced (see
+:mod:`causal_delta._compat`), so a normal run prints only the tool's own output.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
-    from ._compat import load_forward_ad
+    from ._compat import quiet_forward_ad
     from ._runlock import output_lock
     from .commands._common import EXIT_INTERRUPTED, EXIT_USER_ERROR, USER_ERRORS, command_outputs, one_line
 
@@ -84,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as held:
             for out in command_outputs(args._module, args):
                 held.enter_context(output_lock(out.path, kind=out.kind, arg=out.arg))
-            load_forward_ad()  # torch's first forward-mode call would print a FutureWarning
+            held.enter_context(quiet_forward_ad())  # torch's first forward-mode call warns otherwise
             return int(args._run(args) or 0)
     except KeyboardInterrupt as exc:
         if debug:
