@@ -58,7 +58,8 @@ def main() -> None:
         "dsm": step(lambda x: dsm_loss(field, x, sigma, generator=g)),
         "flux direct (backward div, 4 OU steps, posterior)": step(lambda x: flux_matching_loss(
             field, x, sigma, method="backward", simulation="frozen-mean", pairing="posterior", generator=g)),
-        "flux forward (default: fused OU, own pairing)": step(lambda x: flux_matching_loss(field, x, sigma, generator=g)),
+        "flux forward (default: fused OU, own pairing)": step(
+            lambda x: flux_matching_loss(field, x, sigma, generator=g)),
         "flux forward + posterior pairing": step(lambda x: flux_matching_loss(
             field, x, sigma, pairing="posterior", generator=g)),
     }

@@ -9,7 +9,7 @@ from causal_delta.datasets.synthetic import DEFAULT_MIXTURE
 from causal_delta.closed_form import GaussianMixture
 from causal_delta.flux import (MaskedMLP, TimeFree, annealed_langevin, block_triangular_mask, curl_2d, divergence,
                                dsm_loss, field_jacobian, flux_matching_loss, kde_score, kde_score_divergence,
-                               kde_score_jvp, langevin, mean_abs_curl, mmd2, ou_simulate, ou_step, stein_residual)
+                               kde_score_jvp, fit_field, langevin, mean_abs_curl, mmd2, ou_simulate, ou_step, stein_residual)
 from causal_delta.models import build_model
 
 R90 = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
@@ -213,6 +213,8 @@ def test_metrics_curl_and_mmd():
     (lambda: annealed_langevin(lambda y, s: y, torch.zeros(3, 2), [0.1, 1.0]), "sigmas must be a non-empty decreasing"),
     (lambda: block_triangular_mask([0, -1]), "blocks must be a non-empty sequence"),
     (lambda: mmd2(torch.zeros(1, 2), torch.zeros(3, 2)), "x and y must have shapes"),
+    (lambda: fit_field(torch.nn.Linear(2, 2), torch.zeros(4, 2), lr_schedule="step"), "lr_schedule must be"),
+    (lambda: fit_field(torch.nn.Linear(2, 2), torch.zeros(4, 2), objective="sm"), "objective must be one of"),
 ])
 def test_bad_arguments_name_themselves(call, match):
     with pytest.raises(ValueError, match=match):

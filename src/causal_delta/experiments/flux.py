@@ -49,8 +49,9 @@ class FluxConfig(C.SizedConfig):
         sigma: KDE bandwidth / DSM noise (the stationary law is the data smoothed by σ).
         hidden, depth: MLP width and number of hidden layers.
         train_steps, batch_size, lr: AdamW training (gradient norm clipped at 1).
-        method, simulation, pairing, horizon: Flux Matching options
+        method, simulation, pairing, horizon, time_sampling: Flux Matching options
             (:func:`causal_delta.flux.flux_matching_loss`).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (both objectives).
         n_samples, langevin_steps, eta: Langevin sampling.
         curl_grid, curl_lim: the curl grid (``curl_grid²`` points on ``[-lim, lim]²``).
         directed, directed_hidden, directed_sigma, directed_lr: also run the masked (directed)
@@ -72,6 +73,8 @@ class FluxConfig(C.SizedConfig):
     simulation: str = "label"
     pairing: str = "own"
     horizon: float = 4.0
+    time_sampling: str = "uniform"
+    lr_schedule: str = "constant"
     n_samples: int = 2000
     langevin_steps: int = 2000
     eta: float = 0.01
@@ -108,7 +111,8 @@ def _validate(config: FluxConfig) -> None:
     unknown = [d for d in config.datasets if d not in ("ring", "mixture")]
     if not config.datasets or unknown:
         raise ValueError(f"datasets must be a non-empty subset of ('ring', 'mixture'), got {config.datasets!r}")
-    for name in ("n_data", "hidden", "depth", "directed_hidden", "train_steps", "batch_size", "n_samples", "langevin_steps", "curl_grid"):
+    for name in ("n_data", "hidden", "depth", "directed_hidden", "train_steps", "batch_size", "n_samples",
+                 "langevin_steps", "curl_grid"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -153,7 +157,7 @@ def run_flux(config: FluxConfig, out_dir: str | os.PathLike, *, progress: bool =
     fields: dict[tuple[str, str], Any] = {}
     samples: dict[tuple[str, str], torch.Tensor] = {}
     flux_kwargs = dict(method=config.method, simulation=config.simulation, pairing=config.pairing,
-                       horizon=config.horizon)
+                       horizon=config.horizon, time_sampling=config.time_sampling)
     for k, name in enumerate(config.datasets):
         with C.seeded(config.seed + k) as gen:
             data = (ring_data(config.n_data, config.ring_radius, config.ring_width, gen) if name == "ring"
@@ -172,7 +176,8 @@ def run_flux(config: FluxConfig, out_dir: str | os.PathLike, *, progress: bool =
             field.load_state_dict(init.state_dict())  # same initialisation for both objectives
             with timer(f"train_{name}_{objective}"):
                 fit = fit_field(field, data, objective=objective, sigma=sigma, steps=config.train_steps,
-                                batch_size=config.batch_size, lr=config.lr, seed=config.seed + k, progress=progress,
+                                batch_size=config.batch_size, lr=config.lr, lr_schedule=config.lr_schedule,
+                                seed=config.seed + k, progress=progress,
                                 **(flux_kwargs if objective == "flux" else {}))
             with timer(f"sample_{name}_{objective}"):
                 gen = torch.Generator().manual_seed(config.seed + 100 + k)
@@ -274,7 +279,8 @@ def run_flux(config: FluxConfig, out_dir: str | os.PathLike, *, progress: bool =
         summary += "\n\nflux estimate E[∂f_i/∂x_j]:\n\n" + _matrix_md(dr["flux"]["estimated_jacobian"])
         summary += "\n\nDSM estimate E[∂f_i/∂x_j]:\n\n" + _matrix_md(dr["dsm"]["estimated_jacobian"]) + "\n"
     if "ring" in results:
-        summary += f"\nTargets (radius mean and std within 0.05, flux curl >= 2x DSM) met: {headline['ring_targets_met']}\n"
+        summary += ("\nTargets (radius mean and std within 0.05, flux curl >= 2x DSM) met: "
+                    f"{headline['ring_targets_met']}\n")
     return C.write_report(out, experiment="flux", paper="arXiv 2605.07319 (Flux Matching)", config=config,
                           quick=config.size == "quick", results=results, published=PUBLISHED, timer=timer,
                           figures=figures, summary=summary)

@@ -33,9 +33,10 @@ def run_directed(config, timer, *, progress: bool = True) -> tuple[dict[str, Any
     """Train masked flux and DSM fields on the SCM; return ``(results, arrays for the figure)``.
 
     Uses ``config.directed_sigma`` (the bandwidth here: the batch KDE of 4-D data must be close
-    to the smoothed population), ``train_steps``, ``batch_size``, ``directed_lr``, ``n_data``, ``n_samples``,
-    ``langevin_steps``, ``eta``, ``method``, ``simulation``, ``pairing``, ``horizon``, ``seed`` and
-    ``directed_hidden``.
+    to the smoothed population), ``directed_lr``, ``directed_hidden``, ``train_steps``,
+    ``batch_size``, ``lr_schedule``, ``n_data``, ``n_samples``, ``langevin_steps``, ``eta``, the
+    Flux Matching options (``method``, ``simulation``, ``pairing``, ``horizon``,
+    ``time_sampling``) and ``seed``.
     """
     from ..flux import MaskedMLP, field_jacobian, fit_field, langevin, mmd2
     from ..flux.directed import linear_scm_covariance, linear_scm_sample, triangular_stationary_drift
@@ -55,7 +56,7 @@ def run_directed(config, timer, *, progress: bool = True) -> tuple[dict[str, Any
     ref_a, ref_b = smoothed[: config.n_samples], smoothed[config.n_samples: 2 * config.n_samples]
     mask = init.mask
     flux_kwargs = dict(method=config.method, simulation=config.simulation, pairing=config.pairing,
-                       horizon=config.horizon)
+                       horizon=config.horizon, time_sampling=config.time_sampling)
     results: dict[str, Any] = {"scm_weights": B, "true_jacobian": true, "mask": mask,
                                "mmd2_noise_floor": mmd2(ref_a, ref_b)}
     arrays: dict[str, Any] = {"true": true}
@@ -64,7 +65,8 @@ def run_directed(config, timer, *, progress: bool = True) -> tuple[dict[str, Any
         field.load_state_dict(init.state_dict())
         with timer(f"train_directed_{objective}"):
             fit = fit_field(field, data, objective=objective, sigma=sigma, steps=config.train_steps,
-                            batch_size=config.batch_size, lr=config.directed_lr, seed=config.seed + 7, progress=progress,
+                            batch_size=config.batch_size, lr=config.directed_lr,
+                            lr_schedule=config.lr_schedule, seed=config.seed + 7, progress=progress,
                             **(flux_kwargs if objective == "flux" else {}))
         with timer(f"measure_directed_{objective}"):
             with torch.no_grad():

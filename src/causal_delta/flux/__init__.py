@@ -4,7 +4,7 @@ A field ``f`` leaves ``p`` invariant under ``dx = f dt + √2 dW`` iff the Lange
 residual ``r = ∇·u + u·s`` of ``u = f - s`` vanishes (MATH.md §8). This package holds the
 objective (:mod:`.objective`), the batch-KDE reference and its exact OU dynamics
 (:mod:`.reference`), samplers (:mod:`.samplers`), fields including a masked, directed one
-(:mod:`.fields`), a training loop (:mod:`.train`) and read-outs (:mod:`.metrics`).
+(:mod:`.fields`), the linear-SCM closed form for directed fields (:mod:`.directed`), a training loop (:mod:`.train`) and read-outs (:mod:`.metrics`).
 
 Example:
     >>> import torch
@@ -15,9 +15,11 @@ Example:
 
 from __future__ import annotations
 
+from .directed import linear_scm_covariance, linear_scm_sample, triangular_stationary_drift
 from .fields import MaskedMLP, TimeFree, block_triangular_mask
 from .metrics import curl_2d, mean_abs_curl, mmd2, radius_stats
-from .objective import (DIVERGENCE_METHODS, PAIRINGS, SIMULATIONS, TIME_SAMPLINGS, divergence, dsm_loss, field_jacobian, field_jvp,
+from .objective import (DIVERGENCE_METHODS, PAIRINGS, SIMULATIONS, TIME_SAMPLINGS, divergence, dsm_loss,
+                        field_jacobian, field_jvp,
                         flux_matching_loss, rademacher, stein_residual)
 from .reference import kde_score, kde_score_divergence, kde_score_jvp, kde_weights, ou_simulate, ou_step
 from .samplers import SampleResult, annealed_langevin, langevin
@@ -30,6 +32,7 @@ __all__ = [
     "kde_weights", "kde_score", "kde_score_jvp", "kde_score_divergence", "ou_step", "ou_simulate",
     "SampleResult", "langevin", "annealed_langevin",
     "TimeFree", "MaskedMLP", "block_triangular_mask",
+    "linear_scm_covariance", "linear_scm_sample", "triangular_stationary_drift",
     "curl_2d", "mean_abs_curl", "mmd2", "radius_stats",
     "FitResult", "fit_field",
 ]

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._compat import load_forward_ad
 from .._validation import check_positive_int
 from ..models._dual import dual_linear, silu_derivative
 from ..models.mlp import MLP
@@ -64,6 +65,7 @@ class TimeFree(nn.Module):
                 dh = dh * dsig
             v, dv = dual_linear(net.layers[-1], h, dh)
             return v.reshape(x.shape), dv.reshape(x.shape)
+        load_forward_ad()
         return torch.func.jvp(lambda y: self.net(y, self._t(y)), (x,), (dx,))
 
 

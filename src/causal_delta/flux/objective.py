@@ -42,10 +42,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._compat import load_forward_ad
 from .._validation import check_positive_int
 from .reference import (check_bandwidth, kde_score, kde_score_jvp, kde_weights, ou_simulate)
 
-__all__ = ["DIVERGENCE_METHODS", "PAIRINGS", "SIMULATIONS", "TIME_SAMPLINGS", "rademacher", "field_jvp", "field_jacobian", "divergence",
+__all__ = ["DIVERGENCE_METHODS", "PAIRINGS", "SIMULATIONS", "TIME_SAMPLINGS", "rademacher", "field_jvp",
+           "field_jacobian", "divergence",
            "stein_residual", "flux_matching_loss", "dsm_loss"]
 
 DIVERGENCE_METHODS = ("forward", "backward", "exact")
@@ -83,6 +85,7 @@ def field_jvp(field: Field, x: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
     fj = getattr(field, "forward_jvp", None)
     if fj is not None:
         return fj(x, None, dx)
+    load_forward_ad()  # first forward-mode call: without torch's jit.script FutureWarning
     return torch.func.jvp(field, (x,), (dx,))
 
 

@@ -34,7 +34,8 @@ class FitResult:
 
 
 def fit_field(field: nn.Module, data: Tensor, *, objective: str = "flux", sigma: float = 0.3, steps: int = 1000,
-              batch_size: int = 512, lr: float = 1e-3, grad_clip: float | None = 1.0, seed: int = 0,
+              batch_size: int = 512, lr: float = 1e-3, lr_schedule: str = "constant",
+              grad_clip: float | None = 1.0, seed: int = 0,
               progress: bool = False, penalty: Callable[[nn.Module, Tensor], Tensor] | None = None,
               **loss_kwargs: Any) -> FitResult:
     """Train ``field`` in place on ``data`` (n, d).
@@ -42,6 +43,7 @@ def fit_field(field: nn.Module, data: Tensor, *, objective: str = "flux", sigma:
     Args:
         objective: ``"flux"`` or ``"dsm"``.
         sigma: KDE bandwidth / DSM noise level.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (``lr · (1 + cos(π k / steps)) / 2`` at step k).
         penalty: optional extra term ``penalty(field, batch)`` added to the loss (e.g. a curl
             reward for Flux Matching, which leaves the stationary law free to keep).
         loss_kwargs: passed to the loss (``method``, ``pairing``, ``horizon``, ``target`` ...).
@@ -57,6 +59,8 @@ def fit_field(field: nn.Module, data: Tensor, *, objective: str = "flux", sigma:
         raise ValueError(f"data must have shape (n, d) with n >= 2, got {tuple(data.shape)}")
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
     gen = torch.Generator(device=data.device).manual_seed(seed)
     opt = torch.optim.AdamW(field.parameters(), lr=lr, weight_decay=0.0)
     loss_fn = flux_matching_loss if objective == "flux" else dsm_loss
@@ -72,6 +76,9 @@ def fit_field(field: nn.Module, data: Tensor, *, objective: str = "flux", sigma:
     t0 = time.perf_counter()
     field.train()
     for step in bar:
+        if lr_schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen, device=data.device)
         batch = data[idx]
         loss = loss_fn(field, batch, sigma, generator=gen, **loss_kwargs)
