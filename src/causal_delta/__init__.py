@@ -23,6 +23,7 @@ __all__ = [
     "dependence",
     "datasets",
     "experiments",
+    "flux",
 ]
 
 _SUBMODULES = set(__all__) - {"__version__"}

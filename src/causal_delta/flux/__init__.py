@@ -4,7 +4,8 @@ A field ``f`` leaves ``p`` invariant under ``dx = f dt + √2 dW`` iff the Lange
 residual ``r = ∇·u + u·s`` of ``u = f - s`` vanishes (MATH.md §8). This package holds the
 objective (:mod:`.objective`), the batch-KDE reference and its exact OU dynamics
 (:mod:`.reference`), samplers (:mod:`.samplers`), fields including a masked, directed one
-(:mod:`.fields`), the linear-SCM closed form for directed fields (:mod:`.directed`), a training loop (:mod:`.train`) and read-outs (:mod:`.metrics`).
+(:mod:`.fields`), the linear-SCM closed form for directed fields (:mod:`.directed`), a
+training loop (:mod:`.train`) and read-outs (:mod:`.metrics`).
 
 Example:
     >>> import torch
