@@ -73,8 +73,8 @@ class FluxConfig(C.SizedConfig):
     simulation: str = "label"
     pairing: str = "own"
     horizon: float = 4.0
-    time_sampling: str = "uniform"
-    lr_schedule: str = "constant"
+    time_sampling: str = "exponential"
+    lr_schedule: str = "cosine"
     n_samples: int = 2000
     langevin_steps: int = 2000
     eta: float = 0.01
@@ -87,8 +87,8 @@ class FluxConfig(C.SizedConfig):
     seed: int = 0
     size: str = "full"
 
-    QUICK: ClassVar[dict[str, Any]] = dict(train_steps=400, batch_size=256, hidden=64, n_data=4000, n_samples=1000,
-                                           langevin_steps=800, eta=0.02, size="quick")
+    QUICK: ClassVar[dict[str, Any]] = dict(train_steps=400, batch_size=256, hidden=64, lr=3e-3, n_data=4000,
+                                           n_samples=1000, langevin_steps=800, eta=0.02, size="quick")
 
 
 def ring_data(n: int, radius: float, width: float, generator: torch.Generator) -> torch.Tensor:
