@@ -21,6 +21,7 @@ network and optimiser make of that freedom.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -172,8 +173,7 @@ def run_flux(config: FluxConfig, out_dir: str | os.PathLike, *, progress: bool =
             m, s = radius_stats(smoothed)
             entry["target_radius"] = {"mean": m, "std": s}
         for objective in ("flux", "dsm"):
-            field = TimeFree(build_model("mlp-small", event_shape=(2,), hidden=config.hidden, depth=config.depth))
-            field.load_state_dict(init.state_dict())  # same initialisation for both objectives
+            field = copy.deepcopy(init)  # same initialisation for both objectives, no global RNG draw
             with timer(f"train_{name}_{objective}"):
                 fit = fit_field(field, data, objective=objective, sigma=sigma, steps=config.train_steps,
                                 batch_size=config.batch_size, lr=config.lr, lr_schedule=config.lr_schedule,

@@ -19,6 +19,7 @@ the field ``-A x``. Reported:
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -61,8 +62,7 @@ def run_directed(config, timer, *, progress: bool = True) -> tuple[dict[str, Any
                                "mmd2_noise_floor": mmd2(ref_a, ref_b)}
     arrays: dict[str, Any] = {"true": true}
     for objective in ("flux", "dsm"):
-        field = MaskedMLP(range(d), hidden=config.directed_hidden, depth=2)
-        field.load_state_dict(init.state_dict())
+        field = copy.deepcopy(init)  # same initialisation for both objectives, no global RNG draw
         with timer(f"train_directed_{objective}"):
             fit = fit_field(field, data, objective=objective, sigma=sigma, steps=config.train_steps,
                             batch_size=config.batch_size, lr=config.directed_lr,
