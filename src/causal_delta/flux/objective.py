@@ -81,9 +81,10 @@ def field_jvp(field: Field, x: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
     """``(f(x), J_f(x) dx)``: the field's ``forward_jvp`` if it has one, else :func:`torch.func.jvp`.
 
     Shapes: x, dx (B, d) -> two (B, d) tensors. The loss backpropagates through ``J_f dx``, so
-    ``method="forward"`` needs a twice-differentiable JVP: :class:`~causal_delta.flux.TimeFree`
-    and :class:`~causal_delta.flux.MaskedMLP` write theirs in plain ops; ``torch.func.jvp`` of a
-    module using ATen's fused SiLU backward is not (use ``method="backward"`` for such fields).
+    ``method="forward"`` needs a twice-differentiable JVP: :func:`torch.func.jvp` is, and so are
+    the JVPs of :class:`~causal_delta.flux.TimeFree` and :class:`~causal_delta.flux.MaskedMLP`
+    (plain ops); a ``forward_jvp`` calling ATen's ``silu_backward`` directly (the library MLP's
+    own) is not, which is why :class:`~causal_delta.flux.TimeFree` does not use it.
     """
     fj = getattr(field, "forward_jvp", None)
     if fj is not None:
