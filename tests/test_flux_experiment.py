@@ -78,10 +78,12 @@ def test_cli_reproduce_flux_and_bad_settings(tmp_path, capsys):
     rc = cli.main(["reproduce", "flux", "--quick", "--out", str(tmp_path / "a"), "--no-progress",
                    "--set", "train_steps=5", "--set", "n_data=100", "--set", "n_samples=20",
                    "--set", "langevin_steps=5", "--set", "curl_grid=5", "--set", "directed=false",
-                   "--set", "datasets=ring"])
+                   "--set", "datasets=ring", "--set", "spiral_penalty=0.1"])
     assert rc == 0
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert set(report["results"]) == {"ring", "headline"}
+    assert {"flux", "dsm", "flux+spiral"} <= set(report["results"]["ring"])
+    assert "ring_curl_flux_spiral" in report["results"]["headline"]
     assert cli.main(["reproduce", "flux", "--quick", "--out", str(tmp_path / "b"), "--set",
                      "datasets=moons"]) == 2
     assert "datasets must be a non-empty subset" in capsys.readouterr().err
