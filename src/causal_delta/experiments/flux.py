@@ -254,8 +254,12 @@ def run_flux(config: FluxConfig, out_dir: str | os.PathLike, *, progress: bool =
             vmax = float(directed_arrays["true"].abs().max())
             for ax, key, title in zip(axes, ("true", "flux", "dsm"), ("exact triangular field -A", "flux (masked)",
                                                                        "DSM (masked)")):
-                im = ax.imshow(directed_arrays[key].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-                ax.set(title=f"E[df_i/dx_j]: {title}", xlabel="j", ylabel="i")
+                mat = directed_arrays[key].numpy()
+                im = ax.imshow(mat, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+                n = mat.shape[0]
+                ax.set_xticks(range(n), [f"x{j + 1}" for j in range(n)])
+                ax.set_yticks(range(n), [f"f{i + 1}" for i in range(n)])
+                ax.set(title=f"E[∂f_i/∂x_j]: {title}")
             fig.colorbar(im, ax=list(axes))
             save_figure(fig, out / "directed.png")
             figures.append("directed.png")
