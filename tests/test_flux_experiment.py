@@ -58,15 +58,15 @@ def test_run_flux_minimal_writes_report_and_figures(tmp_path):
                            hidden=16, batch_size=64, directed_hidden=8)
     report = run_flux(cfg, tmp_path, progress=False)
     res = report["results"]
-    assert set(res) == {"ring", "mixture", "directed", "headline"}
+    assert set(res) == {"ring", "mixture", "directed", "directed_oscillator", "headline"}
     ring = res["ring"]
     for objective in ("flux", "dsm"):
         assert ring[objective]["nfe"] == 20 and "radius" in ring[objective]
         assert ring[objective]["finite_fraction"] == 1.0
-    directed = res["directed"]
-    for objective in ("flux", "dsm"):
-        assert directed[objective]["masked_field_entries_nonzero"] == 0
-        assert directed[objective]["masked_flow_map_entries_nonzero"] == 0
+    for system in ("directed", "directed_oscillator"):
+        for objective in ("flux", "dsm"):
+            assert res[system][objective]["masked_field_entries_nonzero"] == 0
+            assert res[system][objective]["masked_flow_map_entries_nonzero"] == 0
     assert set(report["figures"]) == {"fields.png", "directed.png"}
     assert all((tmp_path / f).is_file() for f in report["figures"])
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -90,3 +90,16 @@ def test_cli_reproduce_flux_and_bad_settings(tmp_path, capsys):
     assert cli.main(["reproduce", "flux", "--quick", "--out", str(tmp_path / "c"), "--set", "n_samples=80",
                      "--set", "n_data=100"]) == 2
     assert "n_data >= 2 * n_samples" in capsys.readouterr().err
+
+
+def test_oscillator_trajectory_starts_and_stays_stationary():
+    from causal_delta.experiments.flux_directed import oscillator_system
+
+    B, std = oscillator_system(4, rho=0.9, omega=0.6, noise=0.5)
+    cov = linear_scm_covariance(B, std)
+    stationary = 0.25 / (1 - 0.81) * torch.eye(2, dtype=torch.float64)
+    for k in range(4):  # every time step has the stationary marginal N(0, q / (1 - ρ²) I)
+        assert torch.allclose(cov[2 * k: 2 * k + 2, 2 * k: 2 * k + 2], stationary, atol=1e-12)
+    # lag-one cross-covariance E[z_{k+1} z_kᵀ] = ρ R(ω) · stationary
+    rot = 0.9 * torch.tensor([[math.cos(0.6), -math.sin(0.6)], [math.sin(0.6), math.cos(0.6)]], dtype=torch.float64)
+    assert torch.allclose(cov[2:4, 0:2], rot @ stationary, atol=1e-12)

@@ -1,5 +1,8 @@
 r"""Directed structure with Flux Matching: a masked (lower-triangular) field on a linear SCM.
 
+Two systems: the 4-variable SCM :data:`SCM_WEIGHTS`, and a short trajectory of a damped 2-D
+oscillator (:func:`oscillator_system`, 4 time steps, ``d = 8``) whose mask is causal in time.
+
 Data: the linear SCM ``x = B x + e`` of :data:`SCM_WEIGHTS` (4 variables in causal order,
 unit noise), smoothed by the KDE bandwidth ``σ``, so the stationary target is
 ``N(0, Σ + σ² I)``. A :class:`~causal_delta.flux.MaskedMLP` whose Jacobian is lower-triangular
@@ -24,13 +27,36 @@ from typing import Any
 
 import torch
 
-__all__ = ["SCM_WEIGHTS", "run_directed"]
+__all__ = ["SCM_WEIGHTS", "oscillator_system", "run_directed"]
 
 SCM_WEIGHTS = ((0.0, 0.0, 0.0, 0.0), (0.8, 0.0, 0.0, 0.0), (0.0, -0.6, 0.0, 0.0), (0.5, 0.0, 0.7, 0.0))
 """``B[i][j]``: effect of ``x_j`` on ``x_i`` (x1 → x2 → x3 → x4 and x1 → x4)."""
 
 
-def run_directed(config, timer, *, progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+def oscillator_system(steps: int = 4, *, rho: float = 0.9, omega: float = 0.6, noise: float = 0.5):
+    r"""A damped 2-D oscillator observed at ``steps`` times, as a linear SCM over ``d = 2·steps``.
+
+    ``z_{k+1} = ρ R(ω) z_k + ε_k``, ``ε_k ~ N(0, q I)`` (``q = noise²``), started in its
+    stationary law ``N(0, q/(1-ρ²) I)``. Flattened as ``x = (z_0, z_1, …)`` it is ``x = B x + e``
+    with ``B`` block-subdiagonal (``ρ R(ω)``): strictly lower-triangular, so the SCM tools apply.
+
+    Returns:
+        ``(B, noise_std)``: weights (d, d) float64 and per-variable noise standard deviations (d,).
+    """
+    import math
+
+    d = 2 * steps
+    rot = rho * torch.tensor([[math.cos(omega), -math.sin(omega)], [math.sin(omega), math.cos(omega)]],
+                             dtype=torch.float64)
+    B = torch.zeros(d, d, dtype=torch.float64)
+    for k in range(steps - 1):
+        B[2 * k + 2: 2 * k + 4, 2 * k: 2 * k + 2] = rot
+    std = torch.full((d,), noise, dtype=torch.float64)
+    std[:2] = noise / math.sqrt(1 - rho**2)
+    return B, std
+
+
+def run_directed(config, timer, *, system: str = "scm", progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train masked flux and DSM fields on the SCM; return ``(results, arrays for the figure)``.
 
     Uses ``config.directed_sigma`` (the bandwidth here: the batch KDE of 4-D data must be close
@@ -44,13 +70,18 @@ def run_directed(config, timer, *, progress: bool = True) -> tuple[dict[str, Any
     from ..jvp import jacobian
     from ._common import seeded
 
-    B = torch.tensor(SCM_WEIGHTS, dtype=torch.float64)
+    if system == "scm":
+        B, noise_std = torch.tensor(SCM_WEIGHTS, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    elif system == "oscillator":
+        B, noise_std = oscillator_system()
+    else:
+        raise ValueError(f"system must be 'scm' or 'oscillator', got {system!r}")
     d = B.shape[0]
     sigma = float(config.directed_sigma)
-    cov = linear_scm_covariance(B) + sigma**2 * torch.eye(d, dtype=torch.float64)
+    cov = linear_scm_covariance(B, noise_std) + sigma**2 * torch.eye(d, dtype=torch.float64)
     true = -triangular_stationary_drift(cov)  # Jacobian of the exact triangular field
     with seeded(config.seed + 7) as gen:
-        data = linear_scm_sample(B, config.n_data, generator=gen)
+        data = linear_scm_sample(B, config.n_data, noise_std=noise_std, generator=gen)
         smoothed = data + sigma * torch.randn(data.shape, generator=gen)
         start = torch.randn(config.n_samples, d, generator=gen) * 2.0
         init = MaskedMLP(range(d), hidden=config.directed_hidden, depth=2)
@@ -63,12 +94,12 @@ def run_directed(config, timer, *, progress: bool = True) -> tuple[dict[str, Any
     arrays: dict[str, Any] = {"true": true}
     for objective in ("flux", "dsm"):
         field = copy.deepcopy(init)  # same initialisation for both objectives, no global RNG draw
-        with timer(f"train_directed_{objective}"):
+        with timer(f"train_{system}_{objective}"):
             fit = fit_field(field, data, objective=objective, sigma=sigma, steps=config.train_steps,
                             batch_size=config.batch_size, lr=config.directed_lr,
                             lr_schedule=config.lr_schedule, seed=config.seed + 7, progress=progress,
                             **(flux_kwargs if objective == "flux" else {}))
-        with timer(f"measure_directed_{objective}"):
+        with timer(f"measure_{system}_{objective}"):
             with torch.no_grad():
                 J = field_jacobian(field, ref_a).double()
             est = J.mean(0)
