@@ -26,7 +26,7 @@ def _check_outputs(out, report, experiment):
 
 def test_registry_lists_every_experiment():
     assert set(EXPERIMENTS) == {"gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes", "known-graphs",
-                                "memorisation"}
+                                "memorisation", "flux"}
     for name in EXPERIMENTS:
         config_cls, fn = get_experiment(name)
         assert callable(fn) and config_cls.quick().seed == 0

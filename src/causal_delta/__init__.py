@@ -26,6 +26,7 @@ __all__ = [
     "diagnostics",
     "datasets",
     "experiments",
+    "flux",
 ]
 
 _SUBMODULES = set(__all__) - {"__version__"}

@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "reproduce an experiment (gaussian-1d, gaussian-2d, mixture, pixels, attributes, known-graphs, memorisation, all)"
+HELP = "reproduce an experiment (gaussian-1d, gaussian-2d, mixture, pixels, attributes, known-graphs, memorisation, flux, all)"
 
 DESCRIPTION = (
     "Re-run one of the paper's experiments (or all of them) and write report.json, PNG figures "
     "and summary.md. --quick gives a CI-sized run; without it the paper's sizes are used."
 )
 
-EXPERIMENT_NAMES = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes", "known-graphs", "memorisation")
+EXPERIMENT_NAMES = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes", "known-graphs", "memorisation",
+                    "flux")
 # 'all' reproduces the Causality-Δ paper; the benchmarks beyond it run on their own.
 ALL_EXPERIMENTS = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes")
 

@@ -16,6 +16,7 @@ is imported until :func:`get_experiment` is called.
 | ``attributes`` | Section 6.4, Table 6 (CelebA) | :mod:`.attributes` |
 | ``known-graphs`` | beyond the paper: fork / chain / collider with known graphs | :mod:`.known_graphs` |
 | ``memorisation`` | arXiv 2510.18118 (fixed coupling, σ) | :mod:`.memorisation` |
+| ``flux`` | Flux Matching, arXiv 2605.07319 | :mod:`.flux` |
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
                        "run_known_graphs"),
         ExperimentSpec("memorisation", "arXiv 2510.18118", "memorisation", "MemorisationExperimentConfig",
                        "run_memorisation"),
+        ExperimentSpec("flux", "arXiv 2605.07319", "flux", "FluxConfig", "run_flux"),
     )
 }
 """Experiment name (as in ``causal-delta reproduce NAME``) -> :class:`ExperimentSpec`."""
