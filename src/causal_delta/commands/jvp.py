@@ -158,10 +158,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"give --features or --classifier: the samples have {size} coordinates, and "
                              f"reading all of them is the default only up to {MAX_IDENTITY_FEATURES}")
         features = list(range(size))  # the identity read-out: every coordinate is a feature
-        names = [f"pixel {i}" for i in features]
     else:
         features = parse_features(args.features, event)
-        names = feature_labels(features, event, info.get("data", {}).get("feature_names"))
+    if names is None:
+        names = feature_labels(features, event, (info.get("data") or {}).get("feature_names"))
 
     # Draw in float64 whatever --dtype is, then cast: the same --seed gives the same (x0, z)
     # pairs (to float32 rounding) in float32 and float64, so runs compare sample by sample.
