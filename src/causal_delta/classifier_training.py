@@ -250,7 +250,7 @@ def train_classifier(
         saved = ckpt.meta.get("classifier_config")
         if saved is None:
             raise ValueError(f"resume: {ckpt.path} is not a classifier checkpoint")
-        _check_resumable(config, saved, ckpt.path)
+        _check_resumable(config, saved, ckpt.path, ckpt.step, False)
         if ckpt.meta.get("data", {}).get("sha256") != fingerprint:
             raise ValueError(f"resume: the training data differ from those of checkpoint {ckpt.path}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run"]
 
 HELP = "train attribute classifiers / regressors (CelebA or an .npz of images and targets)"
 DESCRIPTION = ("attribute read-outs C for attribute-level JVPs; actions 'train' and 'evaluate' (see "
@@ -112,6 +112,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"evaluated on {report['n']} images: mean " + ", ".join(f"{k} {v:.4f}" for k, v in report["mean"].items()))
     print(f"report: {out / 'report.json'}")
     return 0
+
+
+def outputs(args: argparse.Namespace):
+    """The run folder ``--out`` (train or evaluate), locked while the run lasts."""
+    from ._common import Output
+
+    return [Output(args.out)] if getattr(args, "out", None) else []
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
+__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run"]
 
 HELP = "causal graph of a trained flow (PC with the JVP CI test) beside PC on labels"
 DESCRIPTION = (
@@ -192,6 +192,13 @@ def _summary(rep: dict) -> str:
     else:
         lines.append("The two graphs agree.")
     return "\n".join(lines) + "\n"
+
+
+def outputs(args: argparse.Namespace):
+    """The output folder ``--out``, locked while the run lasts."""
+    from ._common import Output
+
+    return [Output(args.out)]
 
 
 def run(args: argparse.Namespace) -> int:
