@@ -334,7 +334,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
         else:
             kwargs.update(action=_Parse, hint=hint, choices=choices, metavar=meta["metavar"])
             if not choices and meta["metavar"] is None:
-                kwargs["metavar"] = _metavar(hint, f.name)
+                kwargs["metavar"] = _metavar(hint, (meta["flag"] or f.name).lstrip("-").replace("-", "_"))
             if meta["repeat"]:
                 kwargs["repeat"] = True
             if _is_union(hint) and bool in args:  # --x alone means True, --x VALUE a value
