@@ -88,6 +88,7 @@ def option(
     positional: bool = False,
     deprecated: Sequence[str] = (),
     cli: bool = True,
+    required: bool = False,
 ) -> Any:
     """A dataclass field with command-line metadata (``dataclasses.field`` underneath).
 
@@ -106,9 +107,11 @@ def option(
         positional: a positional argument instead of an option.
         deprecated: old spellings still accepted, hidden from ``--help``, warning when used.
         cli: ``False`` keeps the field off the command line (still settable in code / ``--set``).
+        required: the option must be given even though the field has a default (for library use).
     """
     meta = {_META: dict(help=help, choices=choices, flag=flag, short=short, metavar=metavar, nargs=nargs,
-                        repeat=repeat, group=group, positional=positional, deprecated=tuple(deprecated), cli=cli)}
+                        repeat=repeat, group=group, positional=positional, deprecated=tuple(deprecated), cli=cli,
+                        required=required)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -155,21 +158,23 @@ def _tuplify(value: Any) -> Any:
     return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
 
 
-def _sequence(hint: Any, items: list, key: str) -> Any:
+def _sequence(hint: Any, items: list, key: str, *, text: bool = False) -> Any:
+    """``items`` (texts when ``text``, else JSON-decoded values) as the sequence type ``hint``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     kind = list if (hint is list or origin is list) else tuple
-    if not args or (origin is list and args == ()):
+    if not args:
         elems = [Any] * len(items)
-    elif len(args) == 2 and args[1] is Ellipsis or origin is list:
+    elif origin is list or (len(args) == 2 and args[1] is Ellipsis):
         elems = [args[0]] * len(items)
     else:
         if len(items) != len(args):
             raise ValueError(f"{key}: expected {_describe(hint)}, got {len(items)} value(s)")
         elems = list(args)
-    return kind(_coerce(h, v, key) for h, v in zip(elems, items))
+    convert = parse_value if text else _coerce
+    return kind(convert(h, v, key=key) for h, v in zip(elems, items))
 
 
-def _coerce(hint: Any, value: Any, key: str) -> Any:
+def _coerce(hint: Any, value: Any, *, key: str) -> Any:
     """``value`` decoded from JSON (a number, string, list, ...) as ``hint``."""
     if hint is Any:
         return _tuplify(value)
@@ -252,7 +257,7 @@ def parse_value(hint: Any, text: str, *, key: str = "value") -> Any:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{key}: expected {_describe(hint)}, got {text!r} ({exc})") from None
         else:
-            items = [p.strip() for p in s.split(",") if p.strip()]
+            return _sequence(hint, [p.strip() for p in s.split(",") if p.strip()], key, text=True)
         return _sequence(hint, items, key)
     else:
         raise TypeError(f"{key}: no parser for the annotation {hint!r}")
@@ -325,10 +330,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
         hint, default = hints[f.name], _default(f)
         target = parser
         if meta["group"]:
-            target = groups.setdefault(meta["group"], parser.add_mutually_exclusive_group())
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_mutually_exclusive_group()
+            target = groups[meta["group"]]
         kwargs: dict[str, Any] = {"help": meta["help"]}
         args = typing.get_args(hint)
-        choices = meta["choices"] or (tuple(str(a) for a in args) if typing.get_origin(hint) is Literal else None)
+        lit = [a for a in (args if _is_union(hint) else (hint,)) if typing.get_origin(a) is Literal]
+        choices = meta["choices"] or (tuple(str(v) for v in typing.get_args(lit[0])) if lit else None)
         if hint is bool and not meta["positional"]:
             kwargs.update(action=argparse.BooleanOptionalAction, default=default)
         else:
@@ -341,7 +349,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
                 kwargs.update(nargs="?", const=True)
             elif meta["nargs"]:
                 kwargs["nargs"] = meta["nargs"]
-            if default is dataclasses.MISSING:
+            if default is dataclasses.MISSING or meta["required"]:
                 if not meta["positional"]:
                     kwargs["required"] = True
             else:
