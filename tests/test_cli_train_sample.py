@@ -37,6 +37,13 @@ def test_train_then_sample(tmp_path, capsys):
 def test_bad_input_one_line(tmp_path, capsys, argv, match):
     if argv[0] == "train":
         argv = [*argv, "--out", str(tmp_path / "r"), "--no-progress"]
+    if "--data-args" in argv:  # a value of the wrong type is an argparse error: usage, then one error line
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "argument --data-args: expected a JSON object" in err, err
+        return
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and match in err, err
