@@ -25,7 +25,7 @@ namespace attribute is always the field name. Types understood (on the command l
 :func:`apply_overrides` alike):
 
 =========================  ==========================================================
-``int``, ``float``, ``str``  the text, converted (``10_000`` and ``1e-3`` work)
+``int`` / ``float`` / ``str``  the text, converted (``10_000`` and ``1e-3`` work)
 ``bool``                  ``--x`` / ``--no-x``; as a value ``true/false/1/0/yes/no/on/off``
 ``Path``                  a path
 ``Literal[a, b]``         one of the values (argparse choices)
@@ -47,25 +47,18 @@ line they become argparse errors (exit status 2). Old option spellings stay acce
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import types
 import typing
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any, Literal, Union
 
-__all__ = [
-    "option",
-    "add_dataclass_arguments",
-    "from_namespace",
-    "parse_value",
-    "apply_overrides",
-    "split_overrides",
-    "config_keys",
-    "config_to_dict",
-]
+__all__ = ["option", "add_dataclass_arguments", "from_namespace", "parse_value", "apply_overrides", "split_overrides",
+           "config_keys", "config_to_dict"]
 
 _META = "causal_delta.option"
 _TRUE = ("1", "true", "yes", "on")
@@ -73,41 +66,25 @@ _FALSE = ("0", "false", "no", "off")
 _NONE = ("none", "null")
 
 
-def option(
-    default: Any = dataclasses.MISSING,
-    *,
-    help: str = "",
-    default_factory: Any = dataclasses.MISSING,
-    choices: Sequence[Any] | None = None,
-    flag: str | None = None,
-    short: str | None = None,
-    metavar: str | None = None,
-    nargs: str | None = None,
-    repeat: bool = False,
-    group: str | None = None,
-    positional: bool = False,
-    deprecated: Sequence[str] = (),
-    cli: bool = True,
-    required: bool = False,
-) -> Any:
+def option(default: Any = dataclasses.MISSING, *, help: str = "", default_factory: Any = dataclasses.MISSING,
+           choices: Sequence[Any] | None = None, flag: str | None = None, short: str | None = None,
+           metavar: str | None = None, nargs: str | None = None, repeat: bool = False, group: str | None = None,
+           positional: bool = False, deprecated: Sequence[str] = (), cli: bool = True, required: bool = False) -> Any:
     """A dataclass field with command-line metadata (``dataclasses.field`` underneath).
 
     Args:
-        default: the default value; omitted (and no ``default_factory``) makes the option
-            required. Mutable defaults (tuples are fine) go through ``default_factory``.
-        help: one line for ``--help``.
+        default: the default; omitted (and no ``default_factory``) makes the option required.
+        help: one line for ``--help``; ``metavar`` its placeholder.
         choices: allowed values of a ``str`` field (prefer a ``Literal`` annotation).
-        flag: the long option (default ``--`` + name with ``-``); the namespace attribute is the
-            field name whatever the flag.
-        short: a short option such as ``"-n"``.
-        metavar: the placeholder shown in ``--help``.
+        flag: the long option (default ``--`` + name with ``-``); ``short`` e.g. ``"-n"``. The
+            namespace attribute is the field name whatever the flag.
         nargs: ``"+"`` lets a ``tuple`` option take space-separated tokens (commas still work).
-        repeat: a ``tuple[str, ...]`` option given once per element (``--set a=1 --set b=2``).
+        repeat: a ``tuple[T, ...]`` option given once per element (``--set a=1 --set b=2``).
         group: options sharing a group name are mutually exclusive.
         positional: a positional argument instead of an option.
-        deprecated: old spellings still accepted, hidden from ``--help``, warning when used.
+        deprecated: old spellings of a value option: accepted, hidden, warning when used.
         cli: ``False`` keeps the field off the command line (still settable in code / ``--set``).
-        required: the option must be given even though the field has a default (for library use).
+        required: the option must be given although the field has a default (for the library).
     """
     meta = {_META: dict(help=help, choices=choices, flag=flag, short=short, metavar=metavar, nargs=nargs,
                         repeat=repeat, group=group, positional=positional, deprecated=tuple(deprecated), cli=cli,
@@ -124,6 +101,14 @@ def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (Union, types.UnionType)
 
 
+def _is_path(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, PurePath)
+
+
+def _is_sequence(hint: Any) -> bool:
+    return hint in (tuple, list) or typing.get_origin(hint) in (tuple, list)
+
+
 def _describe(hint: Any) -> str:
     """The expected form of ``hint`` in words, for error messages and metavars."""
     if hint is Any:
@@ -134,19 +119,12 @@ def _describe(hint: Any) -> str:
         return " or ".join(parts + (["none"] if type(None) in args else []))
     if origin is Literal:
         return "one of " + ", ".join(map(str, args))
-    if hint is bool:
-        return "true or false"
-    if hint is int:
-        return "an integer"
-    if hint is float:
-        return "a number"
-    if hint is str:
-        return "a string"
-    if isinstance(hint, type) and issubclass(hint, PurePath):
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a JSON object"}
+    if _is_path(hint):
         return "a path"
-    if hint is dict or origin is dict:
-        return "a JSON object"
-    if hint in (tuple, list) or origin in (tuple, list):
+    if hint in words or origin is dict:
+        return words[origin or hint]
+    if _is_sequence(hint):
         if args and (len(args) != 2 or args[1] is not Ellipsis):
             return f"{len(args)} comma-separated values ({', '.join(_describe(a) for a in args)})"
         inner = _describe(args[0]) if args else "values"
@@ -179,12 +157,9 @@ def _coerce(hint: Any, value: Any, *, key: str) -> Any:
     if hint is Any:
         return _tuplify(value)
     if isinstance(value, list):
-        if _is_union(hint):
-            for arg in typing.get_args(hint):
-                if arg in (tuple, list) or typing.get_origin(arg) in (tuple, list):
-                    return _sequence(arg, value, key)
-        if hint in (tuple, list) or typing.get_origin(hint) in (tuple, list):
-            return _sequence(hint, value, key)
+        for arg in typing.get_args(hint) if _is_union(hint) else (hint,):
+            if _is_sequence(arg):
+                return _sequence(arg, value, key)
         raise ValueError(f"{key}: expected {_describe(hint)}, got the list {value!r}")
     if isinstance(value, dict):
         if hint is dict or typing.get_origin(hint) is dict:
@@ -224,23 +199,14 @@ def parse_value(hint: Any, text: str, *, key: str = "value") -> Any:
                 return v
         raise ValueError(f"{key}: invalid choice {text!r} (choose from {', '.join(map(str, args))})")
     if hint is bool:
-        if s.lower() in _TRUE:
-            return True
-        if s.lower() in _FALSE:
-            return False
-    elif hint is int:
-        try:
-            return int(s)
-        except ValueError:
-            pass
-    elif hint is float:
-        try:
-            return float(s)
-        except ValueError:
-            pass
+        if s.lower() in _TRUE + _FALSE:
+            return s.lower() in _TRUE
+    elif hint in (int, float):
+        with contextlib.suppress(ValueError):
+            return hint(s)
     elif hint is str:
         return text
-    elif isinstance(hint, type) and issubclass(hint, PurePath):
+    elif _is_path(hint):
         if s:
             return hint(s)
     elif hint is dict or origin is dict:
@@ -250,15 +216,13 @@ def parse_value(hint: Any, text: str, *, key: str = "value") -> Any:
             raise ValueError(f"{key}: expected a JSON object such as '{{\"rho\": 0.5}}', got {text!r} ({exc})") from None
         if isinstance(value, dict):
             return value
-    elif hint in (tuple, list) or origin in (tuple, list):
-        if s.startswith("["):
-            try:
-                items = json.loads(s)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{key}: expected {_describe(hint)}, got {text!r} ({exc})") from None
-        else:
+    elif _is_sequence(hint):
+        if not s.startswith("["):
             return _sequence(hint, [p.strip() for p in s.split(",") if p.strip()], key, text=True)
-        return _sequence(hint, items, key)
+        try:
+            return _sequence(hint, json.loads(s), key)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{key}: expected {_describe(hint)}, got {text!r} ({exc})") from None
     else:
         raise TypeError(f"{key}: no parser for the annotation {hint!r}")
     raise ValueError(f"{key}: expected {_describe(hint)}, got {text!r}")
@@ -273,21 +237,10 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _meta(f: dataclasses.Field) -> dict[str, Any]:
-    return dict(f.metadata.get(_META) or option().metadata[_META])
-
-
 def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
-    return dataclasses.MISSING
-
-
-def _warn(message: str) -> None:
-    """A deprecated option: one ``FutureWarning`` line attributed to the tool, not to argparse."""
-    warnings.warn_explicit(message, FutureWarning, filename="causal-delta", lineno=0, module="causal_delta.config")
+    return f.default  # MISSING when the field has none
 
 
 class _Parse(argparse.Action):
@@ -298,8 +251,8 @@ class _Parse(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if self.warn:
-            _warn(self.warn)
+        if self.warn:  # a deprecated spelling: one FutureWarning line attributed to the tool, not argparse
+            warnings.warn_explicit(self.warn, FutureWarning, filename="causal-delta", lineno=0, module=__name__)
         if values is True:  # a bool | T option given without its value
             value = True
         else:
@@ -324,7 +277,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
     hints = _hints(cls)
     groups: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        meta = _meta(f)
+        meta = f.metadata.get(_META) or option().metadata[_META]
         if not f.init or not meta["cli"]:
             continue
         hint, default = hints[f.name], _default(f)
@@ -361,44 +314,24 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
             continue
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         target.add_argument(*([meta["short"]] if meta["short"] else []), flag, dest=f.name, **kwargs)
-        for old in meta["deprecated"]:
-            hidden = {"help": argparse.SUPPRESS, "default": argparse.SUPPRESS, "warn": f"{old} is deprecated; use {flag}"}
-            if kwargs["action"] is argparse.BooleanOptionalAction:  # --old-flag sets the field (False when spelt --no-...)
-                target.add_argument(old, dest=f.name, action=_DeprecatedStore, const=not old.startswith("--no-"),
-                                    **hidden)
-            else:
-                rest = {k: v for k, v in kwargs.items() if k not in ("help", "default", "required")}
-                target.add_argument(old, dest=f.name, **rest, **hidden)
+        if meta["deprecated"] and kwargs["action"] is not _Parse:
+            raise TypeError(f"{cls.__name__}.{f.name}: deprecated spellings are for options taking a value")
+        rest = {k: v for k, v in kwargs.items() if k not in ("help", "default", "required")}
+        for old in meta["deprecated"]:  # hidden from --help, same parsing, and a warning
+            target.add_argument(old, dest=f.name, **rest, help=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                                warn=f"{old} is deprecated; use {flag}")
     return parser
-
-
-class _DeprecatedStore(argparse.Action):
-    """A deprecated spelling of a boolean flag: sets the field to ``const``."""
-
-    def __init__(self, option_strings, dest, warn=None, **kwargs):
-        self.warn = warn
-        super().__init__(option_strings, dest, nargs=0, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        _warn(self.warn)
-        setattr(namespace, self.dest, self.const)
 
 
 def _metavar(hint: Any, name: str) -> str:
     if _is_union(hint):
         inner = [a for a in typing.get_args(hint) if a not in (type(None), bool)]
         hint = inner[0] if len(inner) == 1 else hint
-    if hint in (tuple, list) or typing.get_origin(hint) in (tuple, list):
+    if _is_sequence(hint):
         return "A,B,..."
-    if hint is dict or typing.get_origin(hint) is dict:
-        return "JSON"
-    if hint is int:
-        return "N"
-    if hint is float:
-        return "X"
-    if isinstance(hint, type) and issubclass(hint, PurePath):
+    if _is_path(hint):
         return "PATH"
-    return name.upper()
+    return {dict: "JSON", int: "N", float: "X"}.get(typing.get_origin(hint) or hint, name.upper())
 
 
 def from_namespace(cls: type, args: argparse.Namespace | Mapping[str, Any]):
