@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from ..config import add_dataclass_arguments, from_namespace, option
+from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
 from ..train_config import ClassifierTrainConfig
 
 __all__ = ["HELP", "DESCRIPTION", "CONFIG", "ClassifierCommandConfig", "ClassifierEvaluateConfig", "add_arguments",
@@ -102,7 +102,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             targets = targets[:, [stored.index(a) for a in names]]
         source = str(path)
     report = evaluate_classifier(clf, images, targets, head=clf.head, attributes=names)
-    report = {"classifier": str(args.classifier), "source": source, **report}
+    report = {"classifier": str(args.classifier), "source": source, "config": config_to_dict(args), **report}
     out = Path(args.out)
     write_json(out / "report.json", report)
     from ..experiments._common import markdown_table
