@@ -10,7 +10,7 @@ def test_train_then_sample(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", "gaussian", "--steps", "6", "--batch-size", "16", "--out", str(run),
                  "--model-args", '{"hidden": 16, "depth": 2}', "--checkpoint-every", "3",
-                 "--ema", "0.9", "--no-progress", "--device", "cpu"]) == 0
+                 "--ema-decay", "0.9", "--no-progress", "--device", "cpu"]) == 0
     assert "checkpoint:" in capsys.readouterr().out
     out = tmp_path / "s.npy"
     png = tmp_path / "s.png"
@@ -22,7 +22,7 @@ def test_train_then_sample(tmp_path, capsys):
     # resume continues to more steps
     assert main(["train", "--data", "gaussian", "--steps", "8", "--batch-size", "16", "--out", str(run),
                  "--model-args", '{"hidden": 16, "depth": 2}', "--checkpoint-every", "3",
-                 "--ema", "0.9", "--no-progress", "--resume", "--device", "cpu"]) == 0
+                 "--ema-decay", "0.9", "--no-progress", "--resume", "--device", "cpu"]) == 0
     assert "trained 2 more steps to step 8" in capsys.readouterr().out
 
 
