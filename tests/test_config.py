@@ -304,3 +304,24 @@ def test_current_spellings_do_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing else warns while parsing
         cli.build_parser().parse_args(["jvp", "--checkpoint", "c", "--mode", "fd"])
+
+
+def _as_set_items(config) -> list[str]:
+    """Each field of ``config`` as the ``--set key=value`` a user would type from report.json."""
+    items = []
+    for key, value in config_to_dict(config).items():
+        text = "none" if value is None else value if isinstance(value, str) else json.dumps(value)
+        items.append(f"{key}={text}")
+    return items
+
+
+@pytest.mark.parametrize("name", ["gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes", "known-graphs",
+                                  "memorisation", "flux"])
+def test_every_experiment_setting_round_trips_through_set(name):
+    # the report's value of every field, typed back as --set, gives the same config: the
+    # annotations describe the values the experiments use (full and quick sizes)
+    from causal_delta.experiments import get_experiment
+
+    cls, _ = get_experiment(name)
+    for config in (cls.full(), cls.quick()):
+        assert apply_overrides(cls.full(), _as_set_items(config)) == config
