@@ -250,7 +250,8 @@ def test_set_round_trips_through_the_report():
     ("pair=1,2,3", r"--set pair: expected 2 comma-separated values"),
     ("table=[1]", r"--set table: expected a JSON object"),
     ("maybe=x", r"--set maybe: expected an integer or none"),
-    ("nope=1", r"--set nope: unknown key for Every; valid keys: floats, loose, maybe, mixed, n, name, on, pair, path, pick, resume, table, x$"),
+    ("nope=1", r"--set nope: unknown key for Every; valid keys: floats, loose, maybe, mixed, n, name, on, pair, path, "
+               r"pick, resume, table, x$"),
     ("n", r"--set expects KEY=VALUE, got 'n'"),
 ])
 def test_set_errors_name_the_key_and_the_expected_form(item, match):
@@ -325,3 +326,40 @@ def test_every_experiment_setting_round_trips_through_set(name):
     cls, _ = get_experiment(name)
     for config in (cls.full(), cls.quick()):
         assert apply_overrides(cls.full(), _as_set_items(config)) == config
+
+
+# Every option string of the release before the configuration system (each must still parse).
+PREVIOUS_OPTIONS = {
+    "mixture": "--fd-eps --fd-eps-float32 --intervention-label --n-points --no-progress --out --points --quick "
+    "--seed --times",
+    "train": "--batch-size --checkpoint-every --coupling --data --data-args --device --ema --extend "
+    "--grad-clip --keep-checkpoints --lr --lr-schedule --model-args --no-progress --out --pairs "
+    "--parametrization --preset --resume --seed --sigma --source --steps --t-sampling --warmup-steps "
+    "--weight-decay",
+    "sample": "--batch-size --checkpoint --device --grid-png --no-ema --num-samples --out --png --seed --solver "
+    "--steps -n",
+    "jvp": "--batch-size --checkpoint --classifier --dtype --eps --features --method --n --no-ema "
+    "--no-normalize --out --probe-kind --probes --save-samples --seed --solver --steps -n",
+    "dependence": "--condition-on --interval --level --n-boot --out --pair --quantile --quantiles --responses "
+    "--seed --threshold",
+    "graph": "--alpha --attributes --batch-size --checkpoint --classifier --depth --dtype --estimator --labels "
+    "--n-boot --n-samples --no-ema --out --probes --quantile --seed --solver --steps --test",
+    "diagnose": "--bandwidth --checkpoint --grad-samples --heldout --jacobian-k --jacobian-points --n-fresh "
+    "--no-ema --no-progress --out --seed --sigma --solver --steps --t-grid --train-data",
+    "reproduce": "--celeba-root --classes --data-root --dataset --no-progress --out --quick --seed --set --threads",
+    "classifier train": "--arch --attributes --batch-size --celeba-root --checkpoint-every --data --device "
+    "--eval-limit "
+    "--head --holdout --image-size --limit --lr --lr-schedule --no-progress --out --resume --seed "
+    "--steps --weight-decay --weights",
+    "classifier evaluate": "--attributes --celeba-root --classifier --data --device --limit --out --split",
+}
+
+
+@pytest.mark.parametrize("command", sorted(PREVIOUS_OPTIONS))
+def test_every_previous_option_is_still_accepted(command):
+    parser = cli.build_parser()
+    for word in command.split():
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    known = {o for a in parser._actions for o in a.option_strings}
+    assert set(PREVIOUS_OPTIONS[command].split()) <= known

@@ -140,7 +140,8 @@ def test_cli_diagnose_errors(tmp_path, capsys):
         assert rc == 2 and re.search(message, err), (extra, err)
     with pytest.raises(SystemExit) as exc:  # a value that is not a number: argparse's error, exit status 2
         cli.main(["diagnose", "memorisation", "--checkpoint", str(run), "--t-grid", "0.5,x"])
-    assert exc.value.code == 2 and "argument --t-grid: expected comma-separated values (a number)" in capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "argument --t-grid: expected comma-separated values (a number)" in capsys.readouterr().err
     assert cli.main(["train", "--pairs", str(path), "--source", str(path), "--out", str(tmp_path / "r2")]) == 2
     assert "--pairs holds both halves" in capsys.readouterr().err
     assert cli.main(["train", "--pairs", str(path), "--data", "x.npy", "--out", str(tmp_path / "r3")]) == 2

@@ -213,7 +213,8 @@ def parse_value(hint: Any, text: str, *, key: str = "value") -> Any:
         try:
             value = json.loads(s)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{key}: expected a JSON object such as '{{\"rho\": 0.5}}', got {text!r} ({exc})") from None
+            raise ValueError(f"{key}: expected a JSON object such as '{{\"rho\": 0.5}}', got {text!r} ({exc})") \
+                from None
         if isinstance(value, dict):
             return value
     elif _is_sequence(hint):
@@ -303,8 +304,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
             elif meta["nargs"]:
                 kwargs["nargs"] = meta["nargs"]
             if default is dataclasses.MISSING or meta["required"]:
-                if not meta["positional"]:
-                    kwargs["required"] = True
+                if not meta["positional"]:  # no "(default: ...)" in --help for a value that must be given
+                    kwargs.update(required=True, default=argparse.SUPPRESS)
             else:
                 kwargs["default"] = default
         if meta["positional"]:

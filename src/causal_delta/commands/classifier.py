@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", help="train a read-out and write its held-out report",
                        description=_TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(p, ClassifierCommandConfig)
-    next(a for a in p._actions if a.dest == "data").required = True  # the library default "tensors" is no CLI input
+    data = next(a for a in p._actions if a.dest == "data")
+    data.required, data.default = True, argparse.SUPPRESS  # the library's default "tensors" is no CLI input
     e = sub.add_parser("evaluate", help="held-out report of a trained read-out on CelebA or an .npz",
                        description="Accuracy and ROC-AUC (binary) or R^2 (regression) per attribute of a "
                                    "classifier trained with `classifier train`, written to --out/report.json "

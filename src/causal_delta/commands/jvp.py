@@ -12,7 +12,8 @@ from typing import Literal
 
 from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
 
-__all__ = ["HELP", "DESCRIPTION", "CONFIG", "JvpConfig", "add_arguments", "outputs", "run", "parse_features", "feature_labels"]
+__all__ = ["HELP", "DESCRIPTION", "CONFIG", "JvpConfig", "add_arguments", "outputs", "run", "parse_features",
+           "feature_labels"]
 
 MAX_IDENTITY_FEATURES = 64
 """Without --features or --classifier, samples of at most this many coordinates are read whole."""

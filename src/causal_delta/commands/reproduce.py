@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..config import (add_dataclass_arguments, apply_overrides, config_keys, config_to_dict, from_namespace, option,
-                      split_overrides)
+from ..config import (
+    add_dataclass_arguments,
+    apply_overrides,
+    config_keys,
+    config_to_dict,
+    from_namespace,
+    option,
+    split_overrides,
+)
 
 HELP = "reproduce an experiment (gaussian-1d, gaussian-2d, mixture, pixels, attributes, known-graphs, memorisation, flux, all)"
 
