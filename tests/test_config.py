@@ -363,3 +363,17 @@ def test_every_previous_option_is_still_accepted(command):
         parser = sub.choices[word]
     known = {o for a in parser._actions for o in a.option_strings}
     assert set(PREVIOUS_OPTIONS[command].split()) <= known
+
+
+def test_a_report_records_the_settings_the_run_used(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "r.npz", responses=rng.normal(size=(40, 3)))
+    out = tmp_path / "dep"
+    assert cli.main(["dependence", "--responses", str(tmp_path / "r.npz"), "--n-boot", "20", "--interval", "percentile",
+                     "--condition-on", "0", "--quantiles", "1,0.5", "--out", str(out)]) == 0
+    config = json.loads((out / "report.json").read_text())["config"]
+    assert config == {"responses": str(tmp_path / "r.npz"), "n_boot": 20, "level": 0.95, "seed": 0,
+                      "interval": "percentile", "condition_on": 0, "quantile": None, "threshold": None, "pair": None,
+                      "quantiles": [1.0, 0.5], "out": str(out)}
