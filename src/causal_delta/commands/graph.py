@@ -34,8 +34,9 @@ class GraphConfig:
 
     checkpoint: str = option(help="flow checkpoint (run dir or checkpoint dir)")
     classifier: str | None = option(None, help="attribute classifier checkpoint (read-out C)")
-    attributes: str | None = option(None, help="comma-separated attribute names or indices (default: all read-out "
-                                               "outputs)")
+    attributes: tuple[str, ...] | None = option(None, nargs="+", metavar="NAME",
+                                                 help="attribute names or indices, space- or comma-separated "
+                                                      "(default: all read-out outputs)")
     labels: str | None = option(None, help=".npy / .csv (header row = names) labels, or a CelebA folder or "
                                            "list_attr_celeba.txt (default for tabular flows: the training data file)")
     test: Literal["auto", "chisq", "gsq", "fisherz"] = option(
@@ -79,14 +80,12 @@ def _csv_header(path) -> list[str] | None:
         return cells
 
 
-def _resolve_attributes(spec: str | None, known: list[str]) -> list[int]:
+def _resolve_attributes(spec: tuple[str, ...] | None, known: list[str]) -> list[int]:
     if spec is None:
         idx = list(range(len(known)))
     else:
         idx = []
-        for tok in (t.strip() for t in spec.split(",")):
-            if not tok:
-                continue
+        for tok in spec:
             if tok in known:
                 idx.append(known.index(tok))
             elif tok.lstrip("-").isdigit():
@@ -97,7 +96,7 @@ def _resolve_attributes(spec: str | None, known: list[str]) -> list[int]:
             else:
                 raise ValueError(f"--attributes: unknown attribute {tok!r}; known attributes are {known}")
     if len(idx) < 2 or len(set(idx)) != len(idx):
-        raise ValueError(f"--attributes must name at least 2 distinct attributes, got {spec!r}")
+        raise ValueError(f"--attributes must name at least 2 distinct attributes, got {','.join(spec or ())!r}")
     return idx
 
 
