@@ -52,7 +52,7 @@ class Gaussian1DConfig(C.SizedConfig):
 
     std: float = 2.0
     preset: str = "mlp-1d"
-    overrides: tuple[tuple[str, Any], ...] = ()
+    overrides: tuple = ()
     lr: float = 1e-3
     train_steps: int = 2000
     batch_size: int = 256
