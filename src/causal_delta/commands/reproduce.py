@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..config import (
     add_dataclass_arguments,
@@ -101,7 +101,7 @@ def build_config(name: str, c: ReproduceConfig):
     """
     from ..experiments import get_experiment
 
-    config_cls, _ = get_experiment(name)
+    config_cls: Any = get_experiment(name)[0]  # a SizedConfig dataclass
     config = config_cls.quick() if c.quick else config_cls.full()
     config = apply_overrides(config, _shorthands(name, c))
     return apply_overrides(config, c.overrides, only_known=c.experiment == "all")
@@ -137,22 +137,22 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments import get_experiment
     from ..report import write_json, write_text
 
-    args = from_namespace(CONFIG, args)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    c = from_namespace(CONFIG, args)
+    if c.threads is not None:
+        if c.threads < 1:
+            raise ValueError(f"--threads must be an integer >= 1, got {c.threads}")
+        torch.set_num_threads(c.threads)
 
-    names = list(ALL_EXPERIMENTS) if args.experiment == "all" else [args.experiment]
-    root = _root(args)
-    if args.experiment == "all":  # refuse a key that no experiment knows before any of them runs
+    names = list(ALL_EXPERIMENTS) if c.experiment == "all" else [c.experiment]
+    root = _root(c)
+    if c.experiment == "all":  # refuse a key that no experiment knows before any of them runs
         valid = known_keys(names)
-        for key, _ in split_overrides(args.overrides):
+        for key, _ in split_overrides(c.overrides):
             if key not in valid:
                 raise ValueError(f"--set {key}: no experiment of 'all' has this setting; valid keys: {', '.join(valid)}")
-    skip_attributes = args.experiment == "all" and args.celeba_root is None
+    skip_attributes = c.experiment == "all" and c.celeba_root is None
     # every --set value is parsed and checked before the first experiment starts
-    configs = {name: build_config(name, args) for name in names if not (skip_attributes and name == "attributes")}
+    configs = {name: build_config(name, c) for name in names if not (skip_attributes and name == "attributes")}
     index: dict[str, dict] = {}
     t_start = time.perf_counter()
     for name in names:
@@ -163,20 +163,20 @@ def run(args: argparse.Namespace) -> int:
             continue
         config = configs[name]
         _, fn = get_experiment(name)
-        out = root / name if args.experiment == "all" else root
-        print(f"[{name}] {'quick' if args.quick else 'full'} run -> {out}", file=sys.stderr)
-        report = fn(config, out, progress=args.progress)
+        out = root / name if c.experiment == "all" else root
+        print(f"[{name}] {'quick' if c.quick else 'full'} run -> {out}", file=sys.stderr)
+        report = fn(config, out, progress=c.progress)
         seconds = report.get("timings_s", {}).get("total")
         line = _headline(report)
         print(f"[{name}] done in {seconds:.1f} s: {line}")
         index[name] = {"status": "done", "out": str(out), "seconds": seconds,
                        "headline": report.get("results", {}).get("headline", {})}
-    if args.experiment == "all":
+    if c.experiment == "all":
         total = time.perf_counter() - t_start
-        write_json(root / "report.json", {"experiments": index, "quick": bool(args.quick), "seed": args.seed,
-                                          "config": config_to_dict(args), "total_seconds": round(total, 3)})
-        lines = [f"# causal-delta reproduce all ({'quick' if args.quick else 'full'})", "",
-                 f"Total {total:.1f} s, seed {args.seed}.", "", "| experiment | status | seconds | key numbers |",
+        write_json(root / "report.json", {"experiments": index, "quick": bool(c.quick), "seed": c.seed,
+                                          "config": config_to_dict(c), "total_seconds": round(total, 3)})
+        lines = [f"# causal-delta reproduce all ({'quick' if c.quick else 'full'})", "",
+                 f"Total {total:.1f} s, seed {c.seed}.", "", "| experiment | status | seconds | key numbers |",
                  "| --- | --- | --- | --- |"]
         for name, entry in index.items():
             if entry["status"] == "done":
