@@ -10,7 +10,9 @@ Entry points:
 * :func:`build_model` — a named preset (see :data:`PRESETS`) for a given ``event_shape``,
   with keyword overrides of any hyper-parameter;
 * :func:`model_from_config` — rebuild a model from ``dataclasses.asdict(model.config)``
-  (e.g. after a JSON round trip in a checkpoint).
+  (e.g. after a JSON round trip in a checkpoint);
+* :func:`as_velocity` — wrap a network written for another flow library (``forward(t, x)``,
+  float or 0-dim time, conditioning keywords) as ``velocity(x, t)``.
 
 Example:
     >>> import torch
@@ -28,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from .adapter import VelocityAdapter, as_velocity
 from .classifier import (
     CLASSIFIER_ARCHS,
     ImageClassifier,
@@ -46,6 +49,8 @@ __all__ = [
     "PRESETS",
     "build_model",
     "model_from_config",
+    "as_velocity",
+    "VelocityAdapter",
     "MLP",
     "MLPConfig",
     "UNet",
