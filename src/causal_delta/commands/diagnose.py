@@ -28,7 +28,9 @@ DESCRIPTION = ("Diagnose whether a trained flow memorised its training pairs: ow
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=("memorisation",), help="which diagnostic")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    from ._model import add_model_arguments
+
+    add_model_arguments(parser)
     parser.add_argument("--train-data", default=None, metavar="FILE",
                         help="training pairs (.npz x0/x1 or .npy (N, 2, *event)) or targets; default: "
                              "the data recorded in the checkpoint")
@@ -78,6 +80,8 @@ def load_training_set(path: str | None, info: dict):
         src = load_data_source(str(p))
     else:
         cfg = info["train_config"]
+        if "data" not in cfg:
+            raise ValueError("give the training set with --train-data FILE (the flow records no training data)")
         if cfg.get("coupling") == "fixed":
             pairs = paired_source(cfg["data"], cfg.get("data_args"), cfg.get("source"), cfg.get("source_args"))
             return pairs.x0, pairs.x1
@@ -92,11 +96,11 @@ def load_training_set(path: str | None, info: dict):
 
 def run(args: argparse.Namespace) -> int:
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
     from ..datasets import TensorSource, load_data_source
     from ..diagnostics import MemorisationConfig, diagnose_memorisation, one_line_summary, write_memorisation_report
     from ..paths import GaussianSource
     from ..training import make_source
+    from ._model import load_velocity
 
     check_positive_int("--steps", args.steps)
     for name in ("n_fresh", "grad_samples", "jacobian_points"):
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             t_grid = tuple(float(v) for v in args.t_grid.split(",") if v.strip())
         except ValueError:
             raise ValueError(f"--t-grid must be comma-separated numbers in [0, 1], got {args.t_grid!r}") from None
-    flow, info = load_flow(args.checkpoint, use_ema=not args.no_ema)
+    flow, info = load_velocity(args, use_ema=not args.no_ema)
     sources, targets = load_training_set(args.train_data, info)
     heldout = None
     if args.heldout is not None:

@@ -23,7 +23,9 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="flow checkpoint (run dir or checkpoint dir)")
+    from ._model import add_model_arguments
+
+    add_model_arguments(parser, "flow checkpoint (run dir or checkpoint dir)")
     parser.add_argument("-n", "--n", type=int, default=256, help="number of source samples x0")
     parser.add_argument("--probes", type=int, default=1, help="probe directions per sample")
     parser.add_argument("--method", choices=("forward", "fd", "central"), default="forward",
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import jvp as J
     from .. import report
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
+    from ._model import load_velocity
 
     check_positive_int("-n", args.n)
     check_positive_int("--probes", args.probes)
@@ -143,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype)
     out = Path(args.out)
 
-    velocity, info = load_flow(args.checkpoint, use_ema=not args.no_ema)
+    velocity, info = load_velocity(args, use_ema=not args.no_ema)
     velocity = velocity.to(dtype)
     event = tuple(info["event_shape"])
     if not event:

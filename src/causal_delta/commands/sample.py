@@ -10,7 +10,9 @@ HELP = "generate samples from a checkpoint (.npy, optional PNG)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    from ._model import add_model_arguments
+
+    add_model_arguments(parser)
     parser.add_argument("-n", "--num-samples", type=int, default=1000)
     parser.add_argument("--solver", choices=("euler", "midpoint", "rk4", "dopri5"), default="rk4")
     parser.add_argument("--steps", type=int, default=50, help="solver steps (fixed grid)")
@@ -64,16 +66,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
     from ..report import atomic_write_bytes
     from ..solvers import sample
     from ..training import make_source, resolve_device
+    from ._model import load_velocity
 
     check_positive_int("num_samples", args.num_samples)
     check_positive_int("steps", args.steps)
     check_positive_int("batch_size", args.batch_size)
     device = resolve_device(args.device)
-    flow, info = load_flow(args.checkpoint, use_ema=not args.no_ema, device=device)
+    flow, info = load_velocity(args, use_ema=not args.no_ema, device=device)
     source = make_source(info["train_config"], info["event_shape"])
     x0 = source(args.num_samples, torch.Generator().manual_seed(args.seed)).to(device)
     x = sample(flow, x0, method=args.solver, steps=args.steps, batch_size=args.batch_size).cpu()

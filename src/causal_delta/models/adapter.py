@@ -130,6 +130,7 @@ class VelocityAdapter(nn.Module):
         if not isinstance(module, nn.Module):
             raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         self.module = module
+        self.training = module.training  # an eval() module stays in eval (jvp warns about training mode)
         self.cond = dict(cond)
         self._requested = (_check_choice("signature", signature, SIGNATURES),
                            _check_choice("time", time, TIME_FORMS))
