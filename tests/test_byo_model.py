@@ -168,6 +168,7 @@ def test_conditioning_keyword_and_library_forward_jvp(nets):
     tt = torch.full((6,), 0.4, dtype=torch.float64)
     v_ref, dv_ref = torch.func.jvp(lambda y: mlp(y, tt), (x0,), (dx,))
     v_a, dv_a = wrapped.forward_jvp(x0, tt, dx)
+    torch.testing.assert_close(v_a, v_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dv_a, dv_ref, rtol=1e-10, atol=1e-12)
 
 

@@ -67,11 +67,10 @@ __all__ = [
 ]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Paper, 1-D neural flow (MATH.md §6): MLP hidden 128.
-    "mlp-1d": {"kind": "mlp", "hidden": 128, "depth": 3, "time_embed": 0},
     # Paper, 2-D Gaussian rho = 0.55: MLP 10 layers x 1024 (10 hidden layers of width 1024).
     "mlp-2d": {"kind": "mlp", "hidden": 1024, "depth": 10, "time_embed": 0},
-    # CPU quick preset: 3 x 128, trains a 2-D Gaussian in a few hundred steps.
+    # 3 x 128: the paper's 1-D neural flow (MATH.md §6, hidden 128); also the CPU quick preset,
+    # trains a 2-D Gaussian in a few hundred steps.
     "mlp-small": {"kind": "mlp", "hidden": 128, "depth": 3, "time_embed": 0},
     # Paper Table 2: base 64 channels, mult (1, 2, 4, 8, 16), time embedding 256, 28 x 28.
     "unet-28": {
@@ -129,7 +128,7 @@ def build_model(preset: str, *, event_shape: Sequence[int], **overrides: Any) ->
     """Build the velocity model named ``preset`` for samples of shape ``event_shape``.
 
     Arguments:
-        preset: a key of :data:`PRESETS` ("mlp-1d", "mlp-2d", "mlp-small", "unet-28",
+        preset: a key of :data:`PRESETS` ("mlp-2d", "mlp-small", "unet-28",
             "unet-64", "unet-small").
         event_shape: shape of one sample: ``(D,)`` (or any shape, flattened) for an MLP,
             ``(C, H, W)`` for a UNet.

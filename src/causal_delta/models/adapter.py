@@ -132,8 +132,8 @@ class VelocityAdapter(nn.Module):
         self.module = module
         self.training = module.training  # an eval() module stays in eval (jvp warns about training mode)
         self.cond = dict(cond)
-        self._requested = (_check_choice("signature", signature, SIGNATURES),
-                           _check_choice("time", time, TIME_FORMS))
+        _check_choice("signature", signature, SIGNATURES)
+        _check_choice("time", time, TIME_FORMS)
         names = _positional_names(module, self.cond)
         self._named, self._name_reason = (signature, "given") if signature != "auto" else _signature_from_names(names)
         self.signature: str | None = None if signature == "auto" else signature
