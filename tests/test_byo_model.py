@@ -220,7 +220,7 @@ def test_cli_sample_jvp_dependence_with_user_model(nets, tmp_path, monkeypatch, 
     """Acceptance: the CLI takes --model module:factory --weights and agrees with the library. `jvp` runs
     in a subprocess that finds the user's module through PYTHONPATH; `sample` and `dependence` in-process."""
     env = _env(nets["folder"])
-    model = ["--model", "byo_nets:make_cfm", "--weights", str(nets["weights"]), "--model-kwargs", '{"width": 32}',
+    model = ["--model", "byo_nets:make_cfm", "--weights", str(nets["weights"]), "--model-args", '{"width": 32}',
              "--event-shape", "3"]
     cmd = [sys.executable, "-m", "causal_delta.cli"]
     monkeypatch.syspath_prepend(str(nets["folder"]))
@@ -273,9 +273,9 @@ def test_cli_diagnose_with_user_model_and_safetensors(nets, tmp_path, monkeypatc
     (["--model", "no_such_module_xyz:make"], "--model: cannot import 'no_such_module_xyz'"),
     (["--model", "byo_nets:nothing"], "--model: module 'byo_nets' has no callable 'nothing'; its callables: .*make_cfm"),
     (["--model", "byo_nets"], "--model must be MODULE:FACTORY"),
-    (["--model", "byo_nets:make_cfm", "--model-kwargs", "{width: 3}"], "--model-kwargs must be a JSON object"),
-    (["--model", "byo_nets:make_cfm", "--model-kwargs", '{"depth": 3}'], "rejected --model-kwargs"),
-    (["--model", "byo_nets:make_cfm", "--model-kwargs", '{"width": 8}'], "--weights .* do not fit the module"),
+    (["--model", "byo_nets:make_cfm", "--model-args", "{width: 3}"], "--model-args must be a JSON object"),
+    (["--model", "byo_nets:make_cfm", "--model-args", '{"depth": 3}'], "rejected --model-args"),
+    (["--model", "byo_nets:make_cfm", "--model-args", '{"width": 8}'], "--weights .* do not fit the module"),
     (["--model", "byo_nets:make_cfm", "--event-shape", "3,a"], "--event-shape must be"),
     (["--model", "byo_nets:make_cfm", "--no-weights"], "give --event-shape"),
 ])
@@ -297,6 +297,9 @@ def test_cli_model_and_checkpoint_exclusive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--checkpoint", str(tmp_path), "--model", "a:b"])
     assert "not allowed with argument" in capsys.readouterr().err
+    for extra in (["--weights", "w.pt"], ["--signature", "t,x"], ["--model-args", "{}"]):
+        assert main(["sample", "--checkpoint", str(tmp_path), *extra, "--out", str(tmp_path / "s.npy")]) == 2
+        assert f"{extra[0]} applies to --model only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["jvp", "--out", str(tmp_path / "j")])
     assert "one of the arguments --checkpoint --model is required" in capsys.readouterr().err

@@ -4,11 +4,11 @@
 the options of the second way; ``load_velocity(args)`` returns ``(velocity, info)`` with the
 same ``info`` keys as :func:`causal_delta.checkpoint.load_flow`, whichever was given::
 
-    --model my_flows:make_net --weights net.pt [--model-kwargs '{"width": 64}']
+    --model my_flows:make_net --weights net.pt [--model-args '{"width": 64}']
         [--signature auto|x,t|t,x] [--time auto|batch|batch1|scalar|float] [--event-shape 2]
 
 ``module`` is a dotted module name (importable from ``PYTHONPATH`` or the working directory)
-or a path to a ``.py`` file; ``factory(**model_kwargs)`` returns the ``nn.Module``;
+or a path to a ``.py`` file; ``factory(**model_args)`` returns the ``nn.Module``;
 ``--weights`` is its state dict (``.pt`` / ``.pth`` through ``torch.load(weights_only=True)``,
 or ``.safetensors``), loaded strictly. The module is wrapped by
 :func:`causal_delta.models.as_velocity`; its source is ``N(0, I)``.
@@ -23,23 +23,25 @@ __all__ = ["add_model_arguments", "load_velocity", "load_factory", "load_weights
 
 def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_help: str = "checkpoint directory or run "
                         "directory") -> None:
-    """Add ``--checkpoint`` / ``--model`` (exactly one) and ``--weights``, ``--model-kwargs``,
+    """Add ``--checkpoint`` / ``--model`` (exactly one) and ``--weights``, ``--model-args``,
     ``--signature``, ``--time``, ``--event-shape`` to ``parser``."""
     from ..models.adapter import SIGNATURES, TIME_FORMS
 
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", default=None, help=checkpoint_help)
     which.add_argument("--model", default=None, metavar="MODULE:FACTORY",
-                       help="your own velocity network: FACTORY(**--model-kwargs) in MODULE (dotted name on "
+                       help="your own velocity network: FACTORY(**--model-args) in MODULE (dotted name on "
                             "PYTHONPATH or a .py file) returns the nn.Module; see --weights")
     parser.add_argument("--weights", default=None, metavar="FILE",
                         help="with --model: the network's state dict (.pt/.pth or .safetensors)")
-    parser.add_argument("--model-kwargs", default=None, metavar="JSON",
+    parser.add_argument("--model-args", default=None, metavar="JSON",
                         help="with --model: keyword arguments of the factory, a JSON object")
-    parser.add_argument("--signature", choices=("auto", *SIGNATURES), default="auto",
-                        help="with --model: argument order of its forward (auto: names, else a probe)")
-    parser.add_argument("--time", choices=("auto", *TIME_FORMS), default="auto",
-                        help="with --model: how its forward takes the time: (B,), (B, 1), 0-dim tensor, float")
+    parser.add_argument("--signature", choices=("auto", *SIGNATURES), default=None,
+                        help="with --model: argument order of its forward (default auto: the argument names, "
+                             "else a probe)")
+    parser.add_argument("--time", choices=("auto", *TIME_FORMS), default=None,
+                        help="with --model: how its forward takes the time: (B,), (B, 1), 0-dim tensor, float "
+                             "(default auto: a probe)")
     parser.add_argument("--event-shape", default=None, metavar="D[,D...]",
                         help="with --model: shape of one sample, e.g. 2 or 1,28,28 (default: the module's "
                              "event_shape attribute)")
@@ -129,18 +131,18 @@ def _build(args: argparse.Namespace):
     from ..models.adapter import as_velocity
 
     kwargs = {}
-    if args.model_kwargs:
+    if args.model_args:
         try:
-            kwargs = json.loads(args.model_kwargs)
+            kwargs = json.loads(args.model_args)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r} ({exc})") from None
+            raise ValueError(f"--model-args must be a JSON object, got {args.model_args!r} ({exc})") from None
         if not isinstance(kwargs, dict):
-            raise ValueError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+            raise ValueError(f"--model-args must be a JSON object, got {args.model_args!r}")
     factory = load_factory(args.model)
     try:
         module = factory(**kwargs)
     except TypeError as exc:
-        raise ValueError(f"--model {args.model} rejected --model-kwargs {kwargs}: {exc}") from exc
+        raise ValueError(f"--model {args.model} rejected --model-args {kwargs}: {exc}") from exc
     if not isinstance(module, nn.Module):
         raise ValueError(f"--model {args.model} must return a torch.nn.Module, returned {type(module).__name__}")
     if args.weights is not None:
@@ -154,7 +156,7 @@ def _build(args: argparse.Namespace):
         event = tuple(int(s) for s in found)
     module.eval()
     module.requires_grad_(False)
-    velocity = as_velocity(module, args.signature, args.time, event_shape=event)
+    velocity = as_velocity(module, args.signature or "auto", args.time or "auto", event_shape=event)
     info = {
         "path": str(args.weights) if args.weights else args.model,
         "step": None,
@@ -163,7 +165,7 @@ def _build(args: argparse.Namespace):
         "preset": None,
         "used_ema": False,
         "train_config": {},
-        "model_config": {"model": args.model, "model_kwargs": kwargs, "weights": args.weights,
+        "model_config": {"model": args.model, "model_args": kwargs, "weights": args.weights,
                          "signature": velocity.signature, "time": velocity.time},
         "data": {},
         "adapter": velocity.decision,
@@ -178,7 +180,7 @@ def load_velocity(args: argparse.Namespace, *, use_ema: bool = True, device=None
     ``info["train_config"]`` is empty (a ``N(0, I)`` source, no recorded training data).
     """
     if getattr(args, "model", None) is None:
-        for name in ("weights", "model_kwargs", "event_shape"):
+        for name in ("weights", "model_args", "event_shape", "signature", "time"):
             if getattr(args, name, None) is not None:
                 raise ValueError(f"--{name.replace('_', '-')} applies to --model only, not to --checkpoint")
         from ..checkpoint import load_flow
