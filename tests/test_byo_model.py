@@ -242,7 +242,7 @@ def test_cli_sample_jvp_dependence_with_user_model(nets, tmp_path, monkeypatch, 
     ref = J.jvp_forward(copy.deepcopy(v).to(torch.float64), x0, z, steps=10).jvp.reshape(40, 3)
     np.testing.assert_allclose(dy, ref.numpy(), rtol=1e-10, atol=1e-12)
     rep = json.loads((tmp_path / "j" / "report.json").read_text())
-    assert rep["config"]["model"] == "byo_nets:make_cfm"
+    assert rep["config"]["model"] == "byo_nets:make_cfm" and rep["flow"]["adapter"].startswith("signature t,x")
 
     assert main(["dependence", "--responses", str(tmp_path / "j" / "responses.npz"), "--n-boot", "50",
                  "--out", str(tmp_path / "d")]) == 0
@@ -303,3 +303,20 @@ def test_cli_model_and_checkpoint_exclusive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["jvp", "--out", str(tmp_path / "j")])
     assert "one of the arguments --checkpoint --model is required" in capsys.readouterr().err
+
+
+def test_probe_leaves_batch_norm_statistics_alone():
+    class WithNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(2)
+            self.lin = torch.nn.Linear(3, 2)
+
+        def forward(self, x, t):
+            return self.lin(torch.cat([self.norm(x), t[:, None]], dim=1))
+
+    net = WithNorm()  # training mode: a forward call would update the running statistics
+    v = as_velocity(net, event_shape=(2,))
+    assert v.time == "batch" and net.training and v.training
+    torch.testing.assert_close(net.norm.running_mean, torch.zeros(2), rtol=0, atol=0)
+    assert int(net.norm.num_batches_tracked) == 0

@@ -207,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
     rep = {
         "command": "jvp",
         "config": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"},
-        "flow": {k: info[k] for k in ("path", "step", "event_shape", "parametrization", "preset", "used_ema")},
+        "flow": {k: info[k] for k in ("path", "step", "event_shape", "parametrization", "preset", "used_ema", "adapter")
+                 if k in info},
         "data": info.get("data", {}),
         "classifier": clf_info,
         "units": "J z (derivative along the probe, not multiplied by eps)",

@@ -196,14 +196,19 @@ class VelocityAdapter(nn.Module):
         forms = [self.time] if self.time else list(TIME_FORMS)
         works: dict[str, str] = {}
         errors: list[str] = []
-        with torch.no_grad():
-            for sig in sigs:
-                for form in forms:
-                    problem = self._try(x, t, sig, form)
-                    if problem is None:
-                        works.setdefault(sig, form)
-                        break
-                    errors.append(f"({sig}) time={form}: {problem}")
+        was_training = self.module.training
+        self.module.eval()  # probe calls must not update batch-norm statistics or draw dropout masks
+        try:
+            with torch.no_grad():
+                for sig in sigs:
+                    for form in forms:
+                        problem = self._try(x, t, sig, form)
+                        if problem is None:
+                            works.setdefault(sig, form)
+                            break
+                        errors.append(f"({sig}) time={form}: {problem}")
+        finally:
+            self.module.train(was_training)
         if not works:
             raise ValueError(f"as_velocity: the module runs in none of the tried forms on a probe batch of shape "
                              f"{(B, *event)}: " + "; ".join(errors) + ". Pass signature= and time= explicitly "
