@@ -320,3 +320,12 @@ def test_probe_leaves_batch_norm_statistics_alone():
     assert v.time == "batch" and net.training and v.training
     torch.testing.assert_close(net.norm.running_mean, torch.zeros(2), rtol=0, atol=0)
     assert int(net.norm.num_batches_tracked) == 0
+
+
+def test_model_from_a_file_path(nets, tmp_path):
+    from causal_delta.commands._model import load_factory
+
+    factory = load_factory(f"{nets['folder'] / 'byo_nets.py'}:make_conditional")
+    assert type(factory(width=4)).__name__ == "ConditionalNet"
+    with pytest.raises(FileNotFoundError, match="--model file not found"):
+        load_factory(f"{tmp_path / 'missing.py'}:make")

@@ -75,8 +75,10 @@ def load_factory(spec: str):
             path = Path(module_name).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"--model file not found: {path}")
-            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            name = f"_causal_delta_model_{path.stem}"  # registered: dataclasses and pickle look modules up
+            loader_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[name] = module
             loader_spec.loader.exec_module(module)
         else:
             if "" not in sys.path and os.getcwd() not in sys.path:  # `causal-delta` as a script: cwd too
