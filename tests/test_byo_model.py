@@ -329,3 +329,10 @@ def test_model_from_a_file_path(nets, tmp_path):
     assert type(factory(width=4)).__name__ == "ConditionalNet"
     with pytest.raises(FileNotFoundError, match="--model file not found"):
         load_factory(f"{tmp_path / 'missing.py'}:make")
+
+
+def test_cli_choices_are_the_adapters():
+    from causal_delta.commands import _model
+    from causal_delta.models import adapter
+
+    assert (_model.SIGNATURES, _model.TIME_FORMS) == (adapter.SIGNATURES, adapter.TIME_FORMS)

@@ -20,13 +20,16 @@ import argparse
 
 __all__ = ["add_model_arguments", "load_velocity", "load_factory", "load_weights", "parse_event_shape"]
 
+# models.adapter.SIGNATURES / TIME_FORMS, spelled out here because building the parser must not import
+# torch (`causal-delta --help` answers at once); tests/test_byo_model.py checks they agree.
+SIGNATURES = ("x,t", "t,x")
+TIME_FORMS = ("batch", "batch1", "scalar", "float")
+
 
 def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_help: str = "checkpoint directory or run "
                         "directory") -> None:
     """Add ``--checkpoint`` / ``--model`` (exactly one) and ``--weights``, ``--model-args``,
     ``--signature``, ``--time``, ``--event-shape`` to ``parser``."""
-    from ..models.adapter import SIGNATURES, TIME_FORMS
-
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", default=None, help=checkpoint_help)
     which.add_argument("--model", default=None, metavar="MODULE:FACTORY",
