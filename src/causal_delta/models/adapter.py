@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -188,8 +189,11 @@ class VelocityAdapter(nn.Module):
             device = device or (p.device if p is not None else "cpu")
         # a batch size that is no event dimension, so a time broadcast against the wrong axis fails
         B = next(b for b in (3, 5, 7, 11, 13) if b not in event)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(B, *event, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+        # deterministic, spread-out values without a random draw: a lazy probe may run inside
+        # torch.func.vmap, which refuses random operations
+        n = B * math.prod(event)
+        x = torch.sin(torch.arange(n, dtype=torch.float64) * 0.731 + 0.3).mul(1.5).reshape(B, *event)
+        x = x.to(dtype=dtype, device=device)
         t = torch.tensor(_PROBE_TIMES[:B] if B <= len(_PROBE_TIMES) else torch.linspace(0.1, 0.9, B).tolist(),
                          dtype=dtype, device=device)
         sigs = [self.signature] if self.signature else ([self._named] if self._named else list(SIGNATURES))
@@ -231,7 +235,7 @@ class VelocityAdapter(nn.Module):
         """``None`` when the module runs correctly in this form, else why not (one line)."""
         try:
             out = self._call(x, t, sig, form)
-        except Exception as exc:  # any failure of the user's module means: not this form
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's module means: not this form
             return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -239,7 +243,7 @@ class VelocityAdapter(nn.Module):
         if form in ("batch", "batch1"):  # row i must be the velocity at time t_i
             try:
                 rows = torch.stack([self._call(x, t[i].expand(x.shape[0]), sig, form)[i] for i in range(x.shape[0])])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - as above
                 return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
             tol = 1e-4 if x.dtype in (torch.float32, torch.float64) else 1e-2
             if not torch.allclose(rows, out, rtol=tol, atol=tol):
