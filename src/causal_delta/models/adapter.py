@@ -101,12 +101,14 @@ def _signature_from_names(names: list[str] | None) -> tuple[str | None, str]:
     return None, f"argument names forward({names[0]}, {names[1]}) do not say which is the time"
 
 
-def _expand_cond(cond: dict, batch: int) -> dict:
-    """Conditioning for a call on ``batch`` samples: tensors with leading size 1 are repeated."""
+def _expand_cond(cond: dict, x: Tensor) -> dict:
+    """Conditioning for a call on ``x``: tensors go to ``x``'s device, leading size 1 is repeated."""
     out = {}
     for key, value in cond.items():
-        if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == 1 and batch != 1:
-            value = value.expand(batch, *value.shape[1:])
+        if isinstance(value, Tensor):
+            value = value.to(device=x.device)
+            if value.ndim >= 1 and value.shape[0] == 1 and x.shape[0] != 1:
+                value = value.expand(x.shape[0], *value.shape[1:])
         out[key] = value
     return out
 
@@ -170,7 +172,7 @@ class VelocityAdapter(nn.Module):
                                "(per-sample gradients); use a module that takes a tensor time") from exc
 
     def _raw(self, x: Tensor, t: Any, signature: str) -> Tensor:
-        cond = _expand_cond(self.cond, x.shape[0])
+        cond = _expand_cond(self.cond, x)
         return self.module(x, t, **cond) if signature == "x,t" else self.module(t, x, **cond)
 
     # -- the auto probe -----------------------------------------------------------------------------
@@ -266,7 +268,7 @@ class VelocityAdapter(nn.Module):
         if self.time not in ("batch", "batch1"):
             raise ValueError("forward_jvp of a wrapped module is used only with a per-sample time (batch / batch1)")
         tt = t if self.time == "batch" else t.unsqueeze(1)
-        cond = _expand_cond(self.cond, x.shape[0])
+        cond = _expand_cond(self.cond, x)
         fj = self.module.forward_jvp
         return fj(x, tt, dx, **cond) if self.signature == "x,t" else fj(tt, x, dx, **cond)
 
@@ -295,7 +297,8 @@ def as_velocity(module: nn.Module, signature: str = "auto", time: str = "auto", 
             first call, on that call's sample shape).
         cond: keyword arguments passed to every call (conditioning such as ``y=labels``). A
             tensor whose first dimension is 1 is repeated to each call's batch size (one
-            condition for every sample); anything else is passed unchanged.
+            condition for every sample); tensors follow ``x``'s device; anything else is passed
+            unchanged.
 
     Returns:
         A :class:`VelocityAdapter` (an ``nn.Module``). It has ``forward_jvp`` only when
