@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     buf = io.BytesIO()
     np.save(buf, x.numpy())
     out = atomic_write_bytes(Path(args.out), buf.getvalue())
-    print(f"wrote {tuple(x.shape)} samples to {out} (checkpoint step {info['step']}, "
+    origin = f"checkpoint step {info['step']}" if info["step"] is not None else f"--model {args.model}"
+    print(f"wrote {tuple(x.shape)} samples to {out} ({origin}, "
           f"{args.solver} x {args.steps} steps, ema={info['used_ema']})")
     if args.png:
         _write_png(x, args.png)
