@@ -294,6 +294,9 @@ def test_cli_model_errors_name_the_argument(nets, tmp_path, monkeypatch, capsys,
 
 
 def test_cli_model_and_checkpoint_exclusive(tmp_path, capsys):
+    for command in (["sample"], ["jvp"], ["graph"], ["diagnose", "memorisation"]):  # every flow reader
+        assert main([*command, "--model", "no_such_module_xyz:f", "--out", str(tmp_path / "o")]) == 2
+        assert "--model: cannot import 'no_such_module_xyz'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sample", "--checkpoint", str(tmp_path), "--model", "a:b"])
     assert "not allowed with argument" in capsys.readouterr().err

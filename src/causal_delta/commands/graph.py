@@ -25,7 +25,9 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="flow checkpoint (run dir or checkpoint dir)")
+    from ._model import add_model_arguments
+
+    add_model_arguments(parser, "flow checkpoint (run dir or checkpoint dir)")
     parser.add_argument("--classifier", default=None, help="attribute classifier checkpoint (read-out C)")
     parser.add_argument("--attributes", default=None,
                         help="comma-separated attribute names or indices (default: all read-out outputs)")
@@ -211,11 +213,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import report
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
     from ..dependence import correlation
     from ..graphs import ResponseOracle, jvp_pc, pc_labels, plot_graphs, shd, skeleton_shd
     from ..graphs.result import edge_differences
     from ..jvp import make_probes
+    from ._model import load_velocity
 
     for name in ("n_samples", "probes", "steps", "batch_size", "n_boot"):
         check_positive_int("--" + name.replace("_", "-"), getattr(args, name))
@@ -225,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--quantile must lie in (0, 1], got {args.quantile}")
     start = time.perf_counter()
     dtype = getattr(torch, args.dtype)
-    velocity, info = load_flow(args.checkpoint, use_ema=not args.no_ema)
+    velocity, info = load_velocity(args, use_ema=not args.no_ema)
     velocity = velocity.to(dtype)
     event = tuple(info["event_shape"])
     d = math.prod(event)
