@@ -100,7 +100,17 @@ def _required_argv(parser, cls) -> list[str]:
             argv += [a.option_strings[-1], _example(hints[a.dest], None)[0]]
         elif not a.option_strings and a.dest in hints:
             argv.append(a.choices[0] if a.choices else "x")
+    for group in parser._mutually_exclusive_groups:  # exactly one of e.g. --checkpoint / --model
+        if group.required:
+            a = group._group_actions[0]
+            argv += [a.option_strings[-1], _example(hints[a.dest], None)[0]]
     return argv
+
+
+def _rivals(parser, action) -> set[str]:
+    """Option strings of the other members of ``action``'s mutually exclusive groups."""
+    return {o for g in parser._mutually_exclusive_groups if action in g._group_actions
+            for a in g._group_actions if a is not action for o in a.option_strings}
 
 
 def _options(parser) -> list[argparse.Action]:
@@ -141,7 +151,8 @@ def test_every_listed_option_reaches_the_config(label, prefix, parser, cls):
         else:
             text, expected = _example(hint, default)
             argv = [flag, text]
-        base_here = [t for i, t in enumerate(base) if t != flag and (i == 0 or base[i - 1] != flag)]
+        drop = {flag} | _rivals(parser, action)
+        base_here = [t for i, t in enumerate(base) if t not in drop and (i == 0 or base[i - 1] not in drop)]
         config = from_namespace(cls, parser.parse_args([*base_here, *argv]))
         got = getattr(config, name)
         assert got == expected and type(got) is type(expected), f"{label} {argv}: got {got!r}, expected {expected!r}"

@@ -49,7 +49,6 @@ __all__ = [
     "HEADS",
     "ClassifierTrainConfig",
     "ClassifierTrainResult",
-    "AttributeClassifier",
     "train_classifier",
     "load_classifier",
     "evaluate_classifier",

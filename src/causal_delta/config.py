@@ -80,7 +80,8 @@ def option(default: Any = dataclasses.MISSING, *, help: str = "", default_factor
             namespace attribute is the field name whatever the flag.
         nargs: ``"+"`` lets a ``tuple`` option take space-separated tokens (commas still work).
         repeat: a ``tuple[T, ...]`` option given once per element (``--set a=1 --set b=2``).
-        group: options sharing a group name are mutually exclusive.
+        group: options sharing a group name are mutually exclusive; when one of them is
+            ``required``, exactly one of the group must be given.
         positional: a positional argument instead of an option.
         deprecated: old spellings of a value option: accepted, hidden, warning when used.
         cli: ``False`` keeps the field off the command line (still settable in code / ``--set``).
@@ -277,6 +278,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
     """
     hints = _hints(cls)
     groups: dict[str, Any] = {}
+    # A group with a ``required`` member needs exactly one of its options (argparse's required group).
+    required_groups = {(f.metadata.get(_META) or {}).get("group") for f in dataclasses.fields(cls)
+                       if (f.metadata.get(_META) or {}).get("required")} - {None}
     for f in dataclasses.fields(cls):
         meta = f.metadata.get(_META) or option().metadata[_META]
         if not f.init or not meta["cli"]:
@@ -285,7 +289,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
         target = parser
         if meta["group"]:
             if meta["group"] not in groups:
-                groups[meta["group"]] = parser.add_mutually_exclusive_group()
+                groups[meta["group"]] = parser.add_mutually_exclusive_group(
+                    required=meta["group"] in required_groups)
             target = groups[meta["group"]]
         kwargs: dict[str, Any] = {"help": meta["help"]}
         args = typing.get_args(hint)
@@ -303,7 +308,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> argpa
                 kwargs.update(nargs="?", const=True)
             elif meta["nargs"]:
                 kwargs["nargs"] = meta["nargs"]
-            if default is dataclasses.MISSING or meta["required"]:
+            if meta["group"] and meta["group"] in required_groups:
+                kwargs["default"] = None if default is dataclasses.MISSING else default
+            elif default is dataclasses.MISSING or meta["required"]:
                 if not meta["positional"]:  # no "(default: ...)" in --help for a value that must be given
                     kwargs.update(required=True, default=argparse.SUPPRESS)
             else:

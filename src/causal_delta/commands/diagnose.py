@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
+from ._model import FlowSource
 
 __all__ = ["HELP", "DESCRIPTION", "CONFIG", "DiagnoseConfig", "add_arguments", "outputs", "run", "load_training_set"]
 
@@ -30,12 +31,11 @@ DESCRIPTION = ("Diagnose whether a trained flow memorised its training pairs: ow
                "(report.json, PNGs, summary.md in --out).")
 
 
-@dataclass
-class DiagnoseConfig:
+@dataclass(kw_only=True)
+class DiagnoseConfig(FlowSource):
     """The options of ``causal-delta diagnose``."""
 
     what: Literal["memorisation"] = option(positional=True, help="which diagnostic")
-    checkpoint: str = option(help="checkpoint directory or run directory")
     train_data: str | None = option(None, metavar="FILE",
                                     help="training pairs (.npz x0/x1 or .npy (N, 2, *event)) or targets; default: "
                                          "the data recorded in the checkpoint")
@@ -91,6 +91,8 @@ def load_training_set(path: str | None, info: dict):
         src = load_data_source(str(p))
     else:
         cfg = info["train_config"]
+        if "data" not in cfg:
+            raise ValueError("give the training set with --train-data FILE (the flow records no training data)")
         if cfg.get("coupling") == "fixed":
             pairs = paired_source(cfg["data"], cfg.get("data_args"), cfg.get("source"), cfg.get("source_args"))
             return pairs.x0, pairs.x1
@@ -105,11 +107,11 @@ def load_training_set(path: str | None, info: dict):
 
 def run(args: argparse.Namespace) -> int:
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
     from ..datasets import TensorSource, load_data_source
     from ..diagnostics import MemorisationConfig, diagnose_memorisation, one_line_summary, write_memorisation_report
     from ..paths import GaussianSource
     from ..training import make_source
+    from ._model import load_velocity
 
     c = from_namespace(CONFIG, args)
     check_positive_int("--steps", c.steps)
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(c, name)}")
     check_positive_int("--jacobian-k", c.jacobian_k)
     t_grid = MemorisationConfig.t_grid if c.t_grid is None else c.t_grid
-    flow, info = load_flow(c.checkpoint, use_ema=c.ema)
+    flow, info = load_velocity(c, use_ema=c.ema)
     sources, targets = load_training_set(c.train_data, info)
     heldout = None
     if c.heldout is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
+from ._model import FlowSource
 
 __all__ = ["HELP", "DESCRIPTION", "CONFIG", "GraphConfig", "add_arguments", "outputs", "run"]
 
@@ -28,11 +29,10 @@ DESCRIPTION = (
 )
 
 
-@dataclass
-class GraphConfig:
+@dataclass(kw_only=True)
+class GraphConfig(FlowSource):
     """The options of ``causal-delta graph``."""
 
-    checkpoint: str = option(help="flow checkpoint (run dir or checkpoint dir)")
     classifier: str | None = option(None, help="attribute classifier checkpoint (read-out C)")
     attributes: tuple[str, ...] | None = option(None, nargs="+", metavar="NAME",
                                                  help="attribute names or indices, space- or comma-separated "
@@ -222,11 +222,11 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import report
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
     from ..dependence import correlation
     from ..graphs import ResponseOracle, jvp_pc, pc_labels, plot_graphs, shd, skeleton_shd
     from ..graphs.result import edge_differences
     from ..jvp import make_probes
+    from ._model import load_velocity
 
     c = from_namespace(CONFIG, args)
     for name in ("n_samples", "probes", "steps", "batch_size", "n_boot"):
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--quantile must lie in (0, 1], got {c.quantile}")
     start = time.perf_counter()
     dtype = getattr(torch, c.dtype)
-    velocity, info = load_flow(c.checkpoint, use_ema=c.ema)
+    velocity, info = load_velocity(c, use_ema=c.ema)
     velocity = velocity.to(dtype)
     event = tuple(info["event_shape"])
     d = math.prod(event)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
+from ._model import FlowSource
 
 __all__ = ["HELP", "DESCRIPTION", "CONFIG", "JvpConfig", "add_arguments", "outputs", "run", "parse_features",
            "feature_labels"]
@@ -27,11 +28,10 @@ DESCRIPTION = (
 )
 
 
-@dataclass
-class JvpConfig:
+@dataclass(kw_only=True)
+class JvpConfig(FlowSource):
     """The options of ``causal-delta jvp``."""
 
-    checkpoint: str = option(help="flow checkpoint (run dir or checkpoint dir)")
     n_samples: int = option(256, short="-n", deprecated=("--n",), help="number of source samples x0")
     probes: int = option(1, help="probe directions per sample")
     mode: Literal["forward", "fd", "central"] = option(
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import jvp as J
     from .. import report
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
+    from ._model import load_velocity
 
     c = from_namespace(CONFIG, args)
     check_positive_int("-n", c.n_samples)
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, c.dtype)
     out = Path(c.out)
 
-    velocity, info = load_flow(c.checkpoint, use_ema=c.ema)
+    velocity, info = load_velocity(c, use_ema=c.ema)
     velocity = velocity.to(dtype)
     event = tuple(info["event_shape"])
     if not event:
@@ -219,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     rep = {
         "command": "jvp",
         "config": config_to_dict(c),
-        "flow": {k: info[k] for k in ("path", "step", "event_shape", "parametrization", "preset", "used_ema")},
+        "flow": {k: info[k] for k in ("path", "step", "event_shape", "parametrization", "preset", "used_ema", "adapter")
+                 if k in info},
         "data": info.get("data", {}),
         "classifier": clf_info,
         "units": "J z (derivative along the probe, not multiplied by eps)",

@@ -7,17 +7,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import add_dataclass_arguments, from_namespace, option
+from ._model import FlowSource
 
 __all__ = ["HELP", "CONFIG", "SampleConfig", "add_arguments", "outputs", "run"]
 
 HELP = "generate samples from a checkpoint (.npy, optional PNG)"
 
 
-@dataclass
-class SampleConfig:
+@dataclass(kw_only=True)
+class SampleConfig(FlowSource):
     """The options of ``causal-delta sample``."""
 
-    checkpoint: str = option(help="checkpoint directory or run directory")
     n_samples: int = option(1000, short="-n", deprecated=("--num-samples",), help="samples to draw")
     solver: Literal["euler", "midpoint", "rk4", "dopri5"] = option("rk4", help="ODE solver")
     steps: int = option(50, help="solver steps (fixed grid)")
@@ -77,24 +77,25 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
     from ..report import atomic_write_bytes
     from ..solvers import sample
     from ..training import make_source, resolve_device
+    from ._model import load_velocity
 
     c = from_namespace(CONFIG, args)
     check_positive_int("--n-samples", c.n_samples)
     check_positive_int("--steps", c.steps)
     check_positive_int("--batch-size", c.batch_size)
     device = resolve_device(c.device)
-    flow, info = load_flow(c.checkpoint, use_ema=c.ema, device=device)
+    flow, info = load_velocity(c, use_ema=c.ema, device=device)
     source = make_source(info["train_config"], info["event_shape"])
     x0 = source(c.n_samples, torch.Generator().manual_seed(c.seed)).to(device)
     x = sample(flow, x0, method=c.solver, steps=c.steps, batch_size=c.batch_size).cpu()
     buf = io.BytesIO()
     np.save(buf, x.numpy())
     out = atomic_write_bytes(Path(c.out), buf.getvalue())
-    print(f"wrote {tuple(x.shape)} samples to {out} (checkpoint step {info['step']}, "
+    origin = f"checkpoint step {info['step']}" if info["step"] is not None else f"--model {c.model}"
+    print(f"wrote {tuple(x.shape)} samples to {out} ({origin}, "
           f"{c.solver} x {c.steps} steps, ema={info['used_ema']})")
     if c.png:
         _write_png(x, c.png)
