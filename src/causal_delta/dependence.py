@@ -215,14 +215,15 @@ class ConditionedEstimate:
 
     Attributes:
         k: conditioning feature; threshold: the absolute threshold on ``|Δy_k|`` used.
-        mask: ``(n,)`` bool, rows kept; kept: their number; kept_fraction: kept / n.
+        mask: ``(n,)`` bool, rows kept (``None`` from a streamed
+            :meth:`causal_delta.moments.MomentAccumulator.condition`, which holds no rows); kept: their number; kept_fraction: kept / n.
         corr: correlation on the kept rows ``(m, m)`` (NaN-filled if fewer than 2 rows kept).
         ci: bootstrap of the kept rows, or ``None`` when ``n_boot=0``.
     """
 
     k: int
     threshold: float
-    mask: Tensor
+    mask: Tensor | None
     kept: int
     kept_fraction: float
     corr: Tensor
@@ -371,7 +372,9 @@ def hold_fixed_probes(probes: Tensor, gradient: Tensor, *, renormalize: bool = F
     coef = torch.where(gg > 0, (zf * g).sum(-1, keepdim=True) / torch.where(gg > 0, gg, 1.0), 0.0)
     out = zf - coef * g
     if renormalize:
-        out = out * (zf.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-300))
+        # finfo.tiny, not a literal: 1e-300 rounds to 0 in float32 and a probe parallel to g gave 0/0
+        tiny = torch.finfo(out.dtype).tiny
+        out = out * (zf.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(tiny))
     out = out.reshape(z.shape)
     return out[:, 0] if squeeze else out
 
