@@ -206,8 +206,10 @@ class MomentAccumulator:
             idx = torch.arange(start, start + n)
         else:
             idx = torch.as_tensor(index)
-            if idx.shape != (n,):
-                raise ValueError(f"index must have shape (n,) = ({n},), got {tuple(idx.shape)}")
+            if idx.shape != (n,) or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+                raise ValueError(f"index must be integers of shape (n,) = ({n},), got {idx.dtype} {tuple(idx.shape)}")
+            if n and int(idx.min()) < 0:  # checked before any sum changes
+                raise ValueError("index must be non-negative")
         for s in range(0, n, _ROWS_PER_STEP):
             self._add(dy[s: s + _ROWS_PER_STEP], idx[s: s + _ROWS_PER_STEP])
         return self
