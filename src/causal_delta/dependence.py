@@ -372,9 +372,11 @@ def hold_fixed_probes(probes: Tensor, gradient: Tensor, *, renormalize: bool = F
     coef = torch.where(gg > 0, (zf * g).sum(-1, keepdim=True) / torch.where(gg > 0, gg, 1.0), 0.0)
     out = zf - coef * g
     if renormalize:
-        # finfo.tiny, not a literal: 1e-300 rounds to 0 in float32 and a probe parallel to g gave 0/0
-        tiny = torch.finfo(out.dtype).tiny
-        out = out * (zf.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(tiny))
+        # A probe parallel to g projects to 0 and stays 0. No floor on the norm: a literal 1e-300
+        # is 0 in float32 (0/0), and even finfo.tiny overflows |z| / tiny to inf (0 * inf = NaN).
+        norm = out.norm(dim=-1, keepdim=True)
+        ok = norm > 0
+        out = torch.where(ok, out * (zf.norm(dim=-1, keepdim=True) / torch.where(ok, norm, 1.0)), out)
     out = out.reshape(z.shape)
     return out[:, 0] if squeeze else out
 
