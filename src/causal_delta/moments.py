@@ -383,25 +383,28 @@ class MomentAccumulator:
         return ConditionedEstimate(k=self.k, threshold=float(self.thresholds[j]), mask=None, kept=kept,
                                    kept_fraction=kept / self.n, corr=corr, ci=ci)
 
-    def threshold_sweep(self, pair: tuple[int, int], *, centered: bool = False, level: float = 0.95,
-                        n_boot: int | None = None) -> SweepResult:
-        """``Corr[i, j]`` with its interval at every accumulated threshold (as
-        :func:`causal_delta.dependence.threshold_sweep`; ``quantiles`` are the pilot's, NaN when
-        the thresholds were given as absolute values)."""
+    def threshold_sweep(self, pair: tuple[int, int], *, thresholds: Sequence[float] | None = None,
+                        centered: bool = False, level: float = 0.95, n_boot: int | None = None) -> SweepResult:
+        """``Corr[i, j]`` with its interval at each accumulated threshold (as
+        :func:`causal_delta.dependence.threshold_sweep`); ``thresholds``: a selection of the
+        accumulated ones (default all). ``quantiles`` are the pilot's, NaN when the thresholds
+        were given as absolute values."""
         if self.k is None:
             raise ValueError("this accumulator has no conditioning feature (k=None)")
         if len(pair) != 2:
             raise ValueError(f"pair must be two feature indices (i, j), got {pair!r}")
         i, j = (_check_k(p, self.m, "pair") for p in pair)
+        chosen = list(range(self.thresholds.numel())) if thresholds is None else [
+            self._threshold_index(t) for t in thresholds]
         rows = []
-        for t in self.thresholds.tolist():
+        for t in self.thresholds[chosen].tolist():
             c = self.condition(t, centered=centered, level=level, n_boot=n_boot)
             e = c.ci.entry(i, j) if c.ci is not None else {
                 "estimate": float(c.corr[i, j]), "lower": math.nan, "upper": math.nan, "se": math.nan}
             rows.append((t, c.kept, c.kept_fraction, e["estimate"], e["lower"], e["upper"], e["se"]))
         cols = list(zip(*rows))
         f = lambda c: torch.tensor(c, dtype=_F64)  # noqa: E731
-        return SweepResult(k=self.k, pair=(i, j), quantiles=self.quantiles.clone(), thresholds=f(cols[0]),
+        return SweepResult(k=self.k, pair=(i, j), quantiles=self.quantiles[chosen].clone(), thresholds=f(cols[0]),
                            kept=torch.tensor(cols[1]), kept_fraction=f(cols[2]), estimate=f(cols[3]),
                            lower=f(cols[4]), upper=f(cols[5]), se=f(cols[6]), level=float(level))
 

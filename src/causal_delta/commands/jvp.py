@@ -1,12 +1,15 @@
 """``causal-delta jvp``: responses Δy = J_{C∘f}(x0) z of a trained flow to random latent probes.
 
 Writes ``responses.npz`` (``responses`` (n·P, m), ``sample_index``, ``features`` / ``names``) and
-``report.json`` (configuration, checkpoint info, solver cost, timings) under ``--out``.
+``report.json`` (configuration, checkpoint info, solver cost, timings) under ``--out``; with
+``--moments-only``, ``moments.npz`` (streamed sums, :mod:`causal_delta.commands._jvp_moments`) instead.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from .dependence import _floats
 
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "parse_features", "feature_labels"]
 
@@ -49,6 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
     parser.add_argument("--save-samples", action="store_true", help="also store x0 and f(x0) in the npz")
+    parser.add_argument("--moments-only", action="store_true",
+                        help="stream the responses into moments.npz (sums, Poisson-bootstrap replicates, "
+                             "conditioning sums) instead of responses.npz: memory independent of -n")
+    parser.add_argument("--n-boot", type=int, default=None, help="with --moments-only: bootstrap replicates (1000)")
+    parser.add_argument("--condition-on", type=int, default=None, metavar="K",
+                        help="with --moments-only: also accumulate the rows with small |Δy_K|")
+    parser.add_argument("--quantiles", type=_floats, default=None,
+                        help="with --condition-on: kept fractions; thresholds from the first 1024 samples "
+                             "(default 1,0.7,0.5,0.3,0.2,0.17,0.1,0.05)")
     parser.add_argument("--out", type=str, default="runs/jvp", help="output directory")
 
 
@@ -162,6 +174,21 @@ def run(args: argparse.Namespace) -> int:
         features = parse_features(args.features, event)
     if names is None:
         names = feature_labels(features, event, (info.get("data") or {}).get("feature_names"))
+    truth = None  # the data's known correlation of the chosen coordinates (Gaussian sources)
+    known = (info.get("data") or {}).get("corr")
+    if classifier is None and known is not None:
+        truth = np.asarray(known, dtype=np.float64)[np.ix_(features, features)]
+    moment_opts = [o for o, v in (("--n-boot", args.n_boot), ("--condition-on", args.condition_on),
+                                  ("--quantiles", args.quantiles)) if v is not None]
+    if moment_opts and not args.moments_only:
+        raise ValueError(f"{', '.join(moment_opts)} apply with --moments-only only")
+    if args.moments_only:
+        if args.save_samples:
+            raise ValueError("--save-samples holds every sample: it does not go with --moments-only")
+        from . import _jvp_moments
+
+        return _jvp_moments.run(args, velocity=velocity, classifier=classifier, features=features, names=names,
+                                event=event, dtype=dtype, info=info, clf_info=clf_info, truth=truth)
 
     # Draw in float64 whatever --dtype is, then cast: the same --seed gives the same (x0, z)
     # pairs (to float32 rounding) in float32 and float64, so runs compare sample by sample.
@@ -177,11 +204,6 @@ def run(args: argparse.Namespace) -> int:
     m = dy.shape[1]
     if names is None or len(names) != m:
         names = [f"logit {k}" for k in range(m)]
-    truth = None  # the data's known correlation of the chosen coordinates (Gaussian sources)
-    known = (info.get("data") or {}).get("corr")
-    if classifier is None and known is not None:
-        full = np.asarray(known, dtype=np.float64)
-        truth = full[np.ix_(features, features)]
     arrays = {
         "responses": dy,
         "sample_index": res.sample_index.cpu().numpy(),
