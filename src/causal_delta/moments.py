@@ -227,15 +227,25 @@ class MomentAccumulator:
             self.cond_total += mask @ dy
             self.cond_outer += (mask @ prods).reshape(T, m, m)
         if R:
-            w = poisson_weights(self.seed, idx, R)
-            self.boot_count += w.sum(1)
-            self.boot_total += w @ dy
-            self.boot_outer += (w @ prods).reshape(R, m, m)
-            if T:
-                wm = (mask.unsqueeze(1) * w.unsqueeze(0)).reshape(T * R, n)
-                self.cond_boot_count += wm.sum(1).reshape(T, R)
-                self.cond_boot_total += (wm @ dy).reshape(T, R, m)
-                self.cond_boot_outer += (wm @ prods).reshape(T, R, m, m)
+            # Rows of one unit share their weight: sum them per unit first, so the (R, units)
+            # weights and products cost 1/P of the rows' when P probes share a sample.
+            units, inv = torch.unique(idx, return_inverse=True)
+            w = poisson_weights(self.seed, units, R)
+
+            def per_unit(x: Tensor) -> Tensor:  # (n, c) -> (units, c)
+                return x if units.numel() == n and bool((inv == torch.arange(n)).all()) else \
+                    torch.zeros(units.numel(), x.shape[1], dtype=_F64).index_add_(0, inv, x)
+
+            both = per_unit(torch.cat([torch.ones(n, 1, dtype=_F64), dy, prods], 1))
+            self.boot_count += w @ both[:, 0]
+            self.boot_total += w @ both[:, 1: 1 + m]
+            self.boot_outer += (w @ both[:, 1 + m:]).reshape(R, m, m)
+            for t in range(T):
+                mt = mask[t].unsqueeze(1)
+                kept = per_unit(torch.cat([mt, mt * dy, mt * prods], 1))
+                self.cond_boot_count[t] += w @ kept[:, 0]
+                self.cond_boot_total[t] += w @ kept[:, 1: 1 + m]
+                self.cond_boot_outer[t] += (w @ kept[:, 1 + m:]).reshape(R, m, m)
 
     def _config(self) -> tuple:
         return (self.m, self.n_boot, self.seed, self.k, tuple(self.thresholds.tolist()))
