@@ -55,7 +55,7 @@ def _run(ckpt: Path, out: Path, probes: int, per_sample: int, moments: bool) -> 
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH")]
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"jvp failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    _, rc, maxrss_kib, seconds = line[-1].split()
+    _, _, maxrss_kib, seconds = line[-1].split()
     return {"probes": probes, "route": "moments" if moments else "raw", "peak_rss_mib": int(maxrss_kib) / 1024,
             "seconds": float(seconds)}
 
@@ -77,9 +77,11 @@ def main() -> None:
     for route in ("moments", "raw"):
         r = [x for x in rows if x["route"] == route]
         if len(r) == 2:
-            print(f"{route}: peak RSS {r[1]['peak_rss_mib']:.0f} MiB at {r[1]['probes']:,} probes vs "
-                  f"{r[0]['peak_rss_mib']:.0f} MiB at {r[0]['probes']:,}: ratio {r[1]['peak_rss_mib'] / r[0]['peak_rss_mib']:.3f}"
-                  f" ({r[1]['seconds']:.0f} s vs {r[0]['seconds']:.0f} s)")
+            small, large = r
+            ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
+            print(f"{route}: peak RSS {large['peak_rss_mib']:.0f} MiB at {large['probes']:,} probes vs "
+                  f"{small['peak_rss_mib']:.0f} MiB at {small['probes']:,}: ratio {ratio:.3f} "
+                  f"({large['seconds']:.0f} s vs {small['seconds']:.0f} s)")
     print(time.strftime("%Y-%m-%d"), "load average", os.getloadavg())
 
 

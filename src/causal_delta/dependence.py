@@ -216,7 +216,8 @@ class ConditionedEstimate:
     Attributes:
         k: conditioning feature; threshold: the absolute threshold on ``|Δy_k|`` used.
         mask: ``(n,)`` bool, rows kept (``None`` from a streamed
-            :meth:`causal_delta.moments.MomentAccumulator.condition`, which holds no rows); kept: their number; kept_fraction: kept / n.
+            :meth:`causal_delta.moments.MomentAccumulator.condition`, which holds no rows).
+        kept: their number; kept_fraction: kept / n.
         corr: correlation on the kept rows ``(m, m)`` (NaN-filled if fewer than 2 rows kept).
         ci: bootstrap of the kept rows, or ``None`` when ``n_boot=0``.
     """

@@ -34,6 +34,7 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -221,11 +222,11 @@ class MomentAccumulator:
         self.total += dy.sum(0)
         self.outer += prods.sum(0).reshape(m, m)
         R, T = self.n_boot, self.thresholds.numel()
-        mask = (dy[:, self.k].abs().unsqueeze(0) <= self.thresholds.unsqueeze(1)).to(_F64) if T else None
-        if T:
-            self.cond_count += mask.sum(1).to(torch.int64)
-            self.cond_total += mask @ dy
-            self.cond_outer += (mask @ prods).reshape(T, m, m)
+        # (T, n) rows kept by each threshold; (0, n) without conditioning, and every use is a no-op
+        mask = (dy[:, self.k or 0].abs().unsqueeze(0) <= self.thresholds.unsqueeze(1)).to(_F64)
+        self.cond_count += mask.sum(1).to(torch.int64)
+        self.cond_total += mask @ dy
+        self.cond_outer += (mask @ prods).reshape(T, m, m)
         if R:
             # Rows of one unit share their weight: sum them per unit first, so the (R, units)
             # weights and products cost 1/P of the rows' when P probes share a sample.
@@ -376,7 +377,8 @@ class MomentAccumulator:
         as :func:`causal_delta.dependence.condition` on all rows (``mask`` is ``None``: no rows are
         held). ``ci`` is the Poisson-bootstrap percentile interval of the kept rows (``None`` when
         no replicates are kept or fewer than 2 rows pass)."""
-        j = self._threshold_index(threshold)
+        j, k = self._threshold_index(threshold), self.k
+        assert k is not None  # _threshold_index checked it
         self._need_rows()
         kept = int(self.cond_count[j])
         stat = "centered_corr" if centered else "corr"
@@ -390,7 +392,7 @@ class MomentAccumulator:
             reps = self._statistic(self.cond_boot_count[j, :R], self.cond_boot_total[j, :R],
                                    self.cond_boot_outer[j, :R], stat)
             ci = self._interval(corr, reps, stat, level)
-        return ConditionedEstimate(k=self.k, threshold=float(self.thresholds[j]), mask=None, kept=kept,
+        return ConditionedEstimate(k=k, threshold=float(self.thresholds[j]), mask=None, kept=kept,
                                    kept_fraction=kept / self.n, corr=corr, ci=ci)
 
     def threshold_sweep(self, pair: tuple[int, int], *, thresholds: Sequence[float] | None = None,
@@ -451,7 +453,8 @@ class MomentAccumulator:
                 ref = getattr(acc, name)
                 val = torch.as_tensor(np.asarray(state[name])).to(ref.dtype)
                 if val.shape != ref.shape:
-                    raise ValueError(f"moments entry {name!r} must have shape {tuple(ref.shape)}, got {tuple(val.shape)}")
+                    raise ValueError(f"moments entry {name!r} must have shape {tuple(ref.shape)}, "
+                                     f"got {tuple(val.shape)}")
                 ref.copy_(val)
         except KeyError as exc:
             raise ValueError(f"moments state lacks the entry {exc}") from None
@@ -465,8 +468,9 @@ class MomentAccumulator:
         clash = sorted(set(extra) & set(state))
         if clash:
             raise ValueError(f"extra arrays must not reuse the accumulator's names {clash}")
+        arrays: dict[str, Any] = {**state, **{k: np.asarray(v) for k, v in extra.items()}}
         buf = io.BytesIO()
-        np.savez(buf, **state, **{k: np.asarray(v) for k, v in extra.items()})
+        np.savez(buf, **arrays)
         return atomic_write_bytes(path, buf.getvalue())
 
     @classmethod

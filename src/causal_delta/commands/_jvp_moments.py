@@ -101,7 +101,7 @@ def run(args: argparse.Namespace, *, velocity, classifier, features, names, even
     n_pilot = min(n, PILOT_SAMPLES)
     pilot, dy, index = responses(0, n_pilot, None)  # the pilot fixes the grid (dopri5) and the thresholds
     grid, nfe_total, m = pilot.grid, pilot.nfe_total, dy.shape[1]
-    k, thresholds = args.condition_on, ()
+    k, thresholds = args.condition_on, torch.empty(0, dtype=torch.float64)
     if k is not None:
         if not 0 <= k < m:
             raise ValueError(f"--condition-on must be a feature index in [0, {m}), got {k}")
@@ -154,5 +154,6 @@ def run(args: argparse.Namespace, *, velocity, classifier, features, names, even
         "responses_file": path.name,
     }
     report.write_json(out / "report.json", rep)
-    print(f"wrote {path} (moments of {acc.n} x {m} responses, {args.method}, {elapsed:.1f} s) and {out / 'report.json'}")
+    print(f"wrote {path} (moments of {acc.n} x {m} responses, {args.method}, {elapsed:.1f} s) "
+          f"and {out / 'report.json'}")
     return 0
