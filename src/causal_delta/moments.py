@@ -422,13 +422,15 @@ class MomentAccumulator:
 
     # ------------------------------------------------------------------ persistence
 
+    def _state(self) -> dict:
+        state = {"format": FORMAT, "version": VERSION, "m": self.m, "n_boot": self.n_boot, "seed": self.seed,
+                 "k": -1 if self.k is None else self.k, "thresholds": self.thresholds, "quantiles": self.quantiles}
+        state.update({name: getattr(self, name) for name in self._SUMS})
+        return state
+
     def state_dict(self) -> dict:
         """Every sum and the configuration, as tensors and ints (``format``/``version`` included)."""
-        state = {"format": FORMAT, "version": VERSION, "m": self.m, "n_boot": self.n_boot, "seed": self.seed,
-                 "k": -1 if self.k is None else self.k, "thresholds": self.thresholds.clone(),
-                 "quantiles": self.quantiles.clone()}
-        state.update({name: getattr(self, name).clone() for name in self._SUMS})
-        return state
+        return {k: v.clone() if isinstance(v, Tensor) else v for k, v in self._state().items()}
 
     @classmethod
     def from_state_dict(cls, state) -> MomentAccumulator:
@@ -464,7 +466,8 @@ class MomentAccumulator:
         """Write the state (and ``extra`` arrays, e.g. feature names) to an ``.npz`` file, atomically."""
         from .report import atomic_write_bytes
 
-        state = {k: (v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in self.state_dict().items()}
+        # views, not copies: the bootstrap sums can be tens of MB (T·R·m² floats)
+        state = {k: (v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in self._state().items()}
         clash = sorted(set(extra) & set(state))
         if clash:
             raise ValueError(f"extra arrays must not reuse the accumulator's names {clash}")
