@@ -63,7 +63,7 @@ _MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
 _MIX2 = 0x94D049BB133111EB - (1 << 64)
 _POISSON_CDF = torch.tensor(  # P(K <= k) for K ~ Poisson(1), k = 0..24 (the tail beyond is < 1e-25)
     [math.exp(-1.0) * sum(1.0 / math.factorial(j) for j in range(k + 1)) for k in range(25)], dtype=_F64)
-_ROWS_PER_STEP = 1024  # rows per internal step: bounds the (R, rows) weight and (rows, m²) product buffers
+_STEP_ELEMENTS = 1 << 21  # rows per internal step × their features: bounds the buffers (16 MB in float64)
 
 
 def _shr(x: Tensor, s: int) -> Tensor:
@@ -211,42 +211,46 @@ class MomentAccumulator:
                 raise ValueError(f"index must be integers of shape (n,) = ({n},), got {idx.dtype} {tuple(idx.shape)}")
             if n and int(idx.min()) < 0:  # checked before any sum changes
                 raise ValueError("index must be non-negative")
-        for s in range(0, n, _ROWS_PER_STEP):
-            self._add(dy[s: s + _ROWS_PER_STEP], idx[s: s + _ROWS_PER_STEP])
+        c = 1 + m + m * (m + 1) // 2
+        step = max(64, _STEP_ELEMENTS // ((1 + self.thresholds.numel()) * c))
+        for s in range(0, n, step):
+            self._add(dy[s: s + step], idx[s: s + step])
         return self
 
     def _add(self, dy: Tensor, idx: Tensor) -> None:
         n, m = dy.shape
-        prods = (dy.unsqueeze(2) * dy.unsqueeze(1)).reshape(n, m * m)
-        self.count += n
-        self.total += dy.sum(0)
-        self.outer += prods.sum(0).reshape(m, m)
-        R, T = self.n_boot, self.thresholds.numel()
-        # (T, n) rows kept by each threshold; (0, n) without conditioning, and every use is a no-op
+        iu = torch.triu_indices(m, m)  # S is symmetric: form and weight the upper triangle only
+        pos = torch.zeros(m, m, dtype=torch.int64)
+        pos[iu[0], iu[1]] = torch.arange(iu.shape[1])
+        pos = torch.maximum(pos, pos.T).flatten()  # entry (i, j) of S -> its place in the triangle
+        # Per row: [1, Δy, upper triangle of Δy Δyᵀ]; slot 0 all rows, slot 1 + t the rows that
+        # threshold t keeps (|Δy_k| <= t; no slots without conditioning).
+        feats = torch.cat([torch.ones(n, 1, dtype=_F64), dy, dy[:, iu[0]] * dy[:, iu[1]]], 1)
         mask = (dy[:, self.k or 0].abs().unsqueeze(0) <= self.thresholds.unsqueeze(1)).to(_F64)
-        self.cond_count += mask.sum(1).to(torch.int64)
-        self.cond_total += mask @ dy
-        self.cond_outer += (mask @ prods).reshape(T, m, m)
+        slots = torch.cat([feats.unsqueeze(0), mask.unsqueeze(2) * feats.unsqueeze(0)], 0)  # (1 + T, n, c)
+
+        def add(count: Tensor, total: Tensor, outer: Tensor, sums: Tensor) -> None:  # sums (..., c)
+            count += sums[..., 0].round().to(count.dtype)  # weights are integers: exact
+            total += sums[..., 1: 1 + m]
+            outer += sums[..., 1 + m:][..., pos].reshape(outer.shape)
+
+        sums = slots.sum(1)
+        add(self.count, self.total, self.outer, sums[0])
+        add(self.cond_count, self.cond_total, self.cond_outer, sums[1:])
+        R = self.n_boot
         if R:
             # Rows of one unit share their weight: sum them per unit first, so the (R, units)
             # weights and products cost 1/P of the rows' when P probes share a sample.
             units, inv = torch.unique(idx, return_inverse=True)
-            w = poisson_weights(self.seed, units, R)
-
-            def per_unit(x: Tensor) -> Tensor:  # (n, c) -> (units, c)
-                return x if units.numel() == n and bool((inv == torch.arange(n)).all()) else \
-                    torch.zeros(units.numel(), x.shape[1], dtype=_F64).index_add_(0, inv, x)
-
-            both = per_unit(torch.cat([torch.ones(n, 1, dtype=_F64), dy, prods], 1))
-            self.boot_count += w @ both[:, 0]
-            self.boot_total += w @ both[:, 1: 1 + m]
-            self.boot_outer += (w @ both[:, 1 + m:]).reshape(R, m, m)
-            for t in range(T):
-                mt = mask[t].unsqueeze(1)
-                kept = per_unit(torch.cat([mt, mt * dy, mt * prods], 1))
-                self.cond_boot_count[t] += w @ kept[:, 0]
-                self.cond_boot_total[t] += w @ kept[:, 1: 1 + m]
-                self.cond_boot_outer[t] += (w @ kept[:, 1 + m:]).reshape(R, m, m)
+            if units.numel() < n:
+                slots = torch.zeros(slots.shape[0], units.numel(), slots.shape[2], dtype=_F64).index_add_(1, inv, slots)
+            else:
+                slots = slots[:, torch.argsort(inv)]  # distinct units: row order as units are sorted
+            S, U, c = slots.shape  # one (R, U) x (U, S·c) product for every slot at once
+            boot = (poisson_weights(self.seed, units, R) @ slots.transpose(0, 1).reshape(U, S * c))
+            boot = boot.reshape(R, S, c).transpose(0, 1)  # (1 + T, R, c)
+            add(self.boot_count, self.boot_total, self.boot_outer, boot[0])
+            add(self.cond_boot_count, self.cond_boot_total, self.cond_boot_outer, boot[1:])
 
     def _config(self) -> tuple:
         return (self.m, self.n_boot, self.seed, self.k, tuple(self.thresholds.tolist()))
