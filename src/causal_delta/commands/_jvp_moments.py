@@ -40,13 +40,12 @@ def draw(seed: int, start: int, stop: int, event, *, probes: int, kind: str, nor
     global samples ``start .. stop-1`` (a function of ``(seed, sample index)`` only)."""
     import torch
 
+    from .._poisson import derive_seed
     from ..jvp import make_probes
-    from ..moments import _splitmix64
 
     xs, zs = [], []
     for b in range(start // DRAW_BLOCK, -(-stop // DRAW_BLOCK)):
-        key = int(_splitmix64(_splitmix64(torch.tensor([seed])) ^ b)) & ((1 << 63) - 1)
-        gen = torch.Generator().manual_seed(key)
+        gen = torch.Generator().manual_seed(derive_seed(seed, b))
         x0 = torch.randn(DRAW_BLOCK, *event, generator=gen, dtype=torch.float64)
         z = make_probes(DRAW_BLOCK, event, probes=probes, kind=kind, normalize=normalize, generator=gen,
                         dtype=torch.float64)
