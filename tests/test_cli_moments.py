@@ -142,3 +142,41 @@ def test_dependence_moments_bad_input(flow_dir, tmp_path, capsys):
         assert rc == 2 and re.search(message, capsys.readouterr().err), argv
     rc = cli.main(["dependence", "--responses", str(plain), "--condition-on", "0", "--out", str(tmp_path / "d")])
     assert rc == 2 and "holds no conditioning sums" in capsys.readouterr().err
+
+
+def _rank_main(rank: int, world: int, port: int, argv: list) -> None:
+    import torch.distributed as dist
+
+    from causal_delta.commands import jvp
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        jvp.run(cli.build_parser().parse_args(argv))  # not cli.main: its output lock is one per folder
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_write_the_moments_of_one(flow_dir, tmp_path):
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with the gloo backend is not available in this build")
+    one = _jvp(flow_dir, tmp_path / "one", "--batch-size", "5")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["jvp", "--checkpoint", str(flow_dir), "-n", str(N), "--probes", str(P), "--features", "0,1,3",
+            "--solver", "euler", "--steps", "3", "--dtype", "float64", "--moments-only", "--n-boot", "50",
+            "--condition-on", "0", "--quantiles", "1,0.5,0.2", "--batch-size", "9", "--out", str(tmp_path / "two")]
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"  # fork keeps the small blocks
+    if method != "fork":
+        pytest.skip("needs the fork start method (the test shrinks the pilot in this process)")
+    mp.start_processes(_rank_main, args=(2, port, argv), nprocs=2, join=True, start_method=method)
+    two = MomentAccumulator.load(tmp_path / "two" / "moments.npz")
+    _same(one, two)
+    rep = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert rep["n_responses"] == N * P

@@ -11,6 +11,10 @@ blocks over processes). This is not the stream of the raw-responses route, which
 ``x0`` and then all probes from one generator; the two routes agree in distribution, not row
 by row.
 
+Under ``torchrun`` (``torch.distributed`` initialised before the command runs) the batches are
+split over the ranks, the sums all-reduced and rank 0 writes: the file is the same for any number
+of processes (to float64 summation order).
+
 Conditioning thresholds on ``|Δy_K|`` must be fixed before the rows stream past: they are the
 ``--quantiles`` of the first ``min(-n, PILOT_SAMPLES)`` samples' responses (the pilot, which is
 then accumulated like any other chunk).
@@ -95,9 +99,16 @@ def run(args: argparse.Namespace, *, velocity, classifier, features, names, even
         index = torch.arange(start, stop).repeat_interleave(P)  # resample whole samples (their P probes)
         return res, res.responses.detach().cpu().double(), index
 
-    start_time = time.perf_counter()
-    bar = _progress(n)
+    # Under torchrun (torch.distributed initialised) rank r takes the batches b with b % world == r;
+    # every rank computes the pilot (same draws, same thresholds) and rank 0 accumulates it.
+    import torch.distributed as dist
+
+    sharded = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
     n_pilot = min(n, PILOT_SAMPLES)
+    starts = list(range(n_pilot, n, args.batch_size))[rank::world]
+    start_time = time.perf_counter()
+    bar = _progress((n_pilot if rank == 0 else 0) + sum(min(s + args.batch_size, n) - s for s in starts))
     pilot, dy, index = responses(0, n_pilot, None)  # the pilot fixes the grid (dopri5) and the thresholds
     grid, nfe_total, m = pilot.grid, pilot.nfe_total, dy.shape[1]
     k, thresholds = args.condition_on, torch.empty(0, dtype=torch.float64)
@@ -107,10 +118,11 @@ def run(args: argparse.Namespace, *, velocity, classifier, features, names, even
         thresholds = pilot_thresholds(dy, k, quantiles)
     acc = MomentAccumulator(m, n_boot=n_boot, seed=args.seed, k=k, thresholds=thresholds,
                             quantiles=quantiles if k is not None else None)
-    acc.update(dy, index=index)
-    if bar is not None:
-        bar.update(n_pilot)
-    for s in range(n_pilot, n, args.batch_size):
+    if rank == 0:
+        acc.update(dy, index=index)
+        if bar is not None:
+            bar.update(n_pilot)
+    for s in starts:
         e = min(s + args.batch_size, n)
         res, dy, index = responses(s, e, grid)
         acc.update(dy, index=index)
@@ -119,6 +131,14 @@ def run(args: argparse.Namespace, *, velocity, classifier, features, names, even
             bar.update(e - s)
     if bar is not None:
         bar.close()
+    if sharded:
+        acc.all_reduce()
+        nccl = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+        nfe = torch.tensor([float(nfe_total - pilot.nfe_total)], device="cuda" if nccl else None)
+        dist.all_reduce(nfe)
+        nfe_total = pilot.nfe_total + int(nfe)
+        if rank != 0:
+            return 0  # rank 0 writes
     elapsed = time.perf_counter() - start_time
     if names is None or len(names) != m:
         names = [f"logit {j}" for j in range(m)]
