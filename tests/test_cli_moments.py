@@ -114,7 +114,7 @@ def test_dependence_reads_moments_and_prints_the_table_of_the_rows(flow_dir, tmp
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--n-boot", "10"], "--n-boot apply with --moments-only only"),
+    (["--n-boot", "10"], "--n-boot: only with --moments-only"),
     (["--moments-only", "--save-samples"], "--save-samples holds every sample"),
     (["--moments-only", "--condition-on", "5"], r"--condition-on must be a feature index in \[0, 3\)"),
     (["--moments-only", "--seed", "-1"], "--seed must be >= 0 with --moments-only"),

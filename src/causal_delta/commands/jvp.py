@@ -181,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     moment_opts = [o for o, v in (("--n-boot", args.n_boot), ("--condition-on", args.condition_on),
                                   ("--quantiles", args.quantiles)) if v is not None]
     if moment_opts and not args.moments_only:
-        raise ValueError(f"{', '.join(moment_opts)} apply with --moments-only only")
+        raise ValueError(f"{', '.join(moment_opts)}: only with --moments-only (for raw responses, give them to "
+                         "`causal-delta dependence`)")
     if args.moments_only:
         if args.save_samples:
             raise ValueError("--save-samples holds every sample: it does not go with --moments-only")
