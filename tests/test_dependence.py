@@ -138,6 +138,14 @@ def test_hold_fixed_probes_are_orthogonal_to_the_gradient():
     assert torch.allclose(single.flatten(1).norm(dim=1), z[:, 0].flatten(1).norm(dim=1))
 
 
+def test_hold_fixed_renormalize_is_finite_in_float32_for_a_probe_along_the_gradient():
+    # The projection of a probe parallel to g is 0; its renormalisation must give 0, not 0/0 = NaN
+    # (a literal floor such as 1e-300 is 0 in float32).
+    grad = torch.tensor([[1.0, 2.0, 2.0]], dtype=torch.float32)
+    out = D.hold_fixed_probes(3 * grad, grad, renormalize=True)
+    assert torch.isfinite(out).all() and float(out.abs().max()) < 1e-5
+
+
 def test_bad_input_errors_are_named():
     dy = torch.randn(50, 3, dtype=F64)
     with pytest.raises(ValueError, match=r"responses must have shape \(n, m\)"):

@@ -22,6 +22,7 @@ __all__ = [
     "solvers",
     "jvp",
     "dependence",
+    "moments",
     "graphs",
     "diagnostics",
     "datasets",

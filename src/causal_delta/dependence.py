@@ -215,14 +215,16 @@ class ConditionedEstimate:
 
     Attributes:
         k: conditioning feature; threshold: the absolute threshold on ``|Δy_k|`` used.
-        mask: ``(n,)`` bool, rows kept; kept: their number; kept_fraction: kept / n.
+        mask: ``(n,)`` bool, rows kept (``None`` from a streamed
+            :meth:`causal_delta.moments.MomentAccumulator.condition`, which holds no rows).
+        kept: their number; kept_fraction: kept / n.
         corr: correlation on the kept rows ``(m, m)`` (NaN-filled if fewer than 2 rows kept).
         ci: bootstrap of the kept rows, or ``None`` when ``n_boot=0``.
     """
 
     k: int
     threshold: float
-    mask: Tensor
+    mask: Tensor | None
     kept: int
     kept_fraction: float
     corr: Tensor
@@ -371,7 +373,11 @@ def hold_fixed_probes(probes: Tensor, gradient: Tensor, *, renormalize: bool = F
     coef = torch.where(gg > 0, (zf * g).sum(-1, keepdim=True) / torch.where(gg > 0, gg, 1.0), 0.0)
     out = zf - coef * g
     if renormalize:
-        out = out * (zf.norm(dim=-1, keepdim=True) / out.norm(dim=-1, keepdim=True).clamp_min(1e-300))
+        # A probe parallel to g projects to 0 and stays 0. No floor on the norm: a literal 1e-300
+        # is 0 in float32 (0/0), and even finfo.tiny overflows |z| / tiny to inf (0 * inf = NaN).
+        norm = out.norm(dim=-1, keepdim=True)
+        ok = norm > 0
+        out = torch.where(ok, out * (zf.norm(dim=-1, keepdim=True) / torch.where(ok, norm, 1.0)), out)
     out = out.reshape(z.shape)
     return out[:, 0] if squeeze else out
 

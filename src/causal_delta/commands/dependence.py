@@ -1,7 +1,9 @@
 """``causal-delta dependence``: correlations, bootstrap CIs and conditioning from a responses file.
 
-Reads the ``responses.npz`` written by ``causal-delta jvp`` and writes ``report.json``,
-``corr.png`` (heatmap of the uncentred correlation) and, when conditioning, ``sweep.png``.
+Reads the ``responses.npz`` written by ``causal-delta jvp`` — or the ``moments.npz`` of
+``jvp --moments-only`` (streamed sums: Poisson-bootstrap percentile intervals, conditioning at the
+thresholds accumulated there) — and writes ``report.json``, ``corr.png`` (heatmap of the
+uncentred correlation) and, when conditioning, ``sweep.png``. Both print the same table.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ DESCRIPTION = (
 class DependenceConfig:
     """The options of ``causal-delta dependence``."""
 
-    responses: str = option(help="responses.npz from `causal-delta jvp`")
-    n_boot: int = option(1000, help="bootstrap replicates")
+    responses: str = option(help="responses.npz from `causal-delta jvp`, or moments.npz from `jvp --moments-only`")
+    n_boot: int | None = option(None, help="bootstrap replicates (default 1000; for a moments file: all it holds)")
     level: float = option(0.95, help="confidence level")
-    seed: int = option(0, help="bootstrap seed")
-    interval: Literal["bca", "percentile"] = option(
-        "bca", help="bootstrap interval: bias-corrected and accelerated (default) or percentile")
+    seed: int | None = option(None, help="bootstrap seed (default 0; a moments file's replicates were drawn by jvp)")
+    interval: Literal["bca", "percentile"] | None = option(
+        None, help="bootstrap interval: bias-corrected and accelerated (default) or percentile (the only one a "
+                   "moments file allows)")
     condition_on: int | None = option(None, metavar="K",
                                       help="feature index k: keep samples with small |Δy_k| and recompute")
     quantile: float | None = option(None, group="threshold",
@@ -42,7 +45,9 @@ class DependenceConfig:
     pair: tuple[int, int] | None = option(None, metavar="I,J",
                                           help="feature pair 'i,j' for the threshold-sensitivity sweep (default: "
                                                "the first two features other than K)")
-    quantiles: tuple[float, ...] = option((1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05), help="kept fractions of the sweep")
+    quantiles: tuple[float, ...] | None = option(
+        None, help="kept fractions of the sweep (default 1,0.7,0.5,0.3,0.2,0.1,0.05; for a moments file: those it "
+                   "holds)")
     out: str = option("runs/dependence", help="output directory")
 
 
@@ -129,9 +134,20 @@ def run(args: argparse.Namespace) -> int:
     path = Path(c.responses)
     if not path.is_file():
         raise FileNotFoundError(f"--responses file not found: {path}")
-    check_positive_int("--n-boot", c.n_boot)
+    if c.n_boot is not None:
+        check_positive_int("--n-boot", c.n_boot)
     try:
         data = np.load(path)
+        files = data.files
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"--responses {path} is not a responses.npz with a 'responses' array: {exc}") from None
+    if "format" in files:  # the sums of `jvp --moments-only`
+        return _run_moments(c, path, data)
+    c.n_boot = 1000 if c.n_boot is None else c.n_boot
+    c.seed = 0 if c.seed is None else c.seed
+    c.interval = c.interval or "bca"
+    c.quantiles = [1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05] if c.quantiles is None else c.quantiles
+    try:
         dy = torch.from_numpy(np.asarray(data["responses"], dtype=np.float64))
     except (KeyError, ValueError, OSError) as exc:
         raise ValueError(f"--responses {path} is not a responses.npz with a 'responses' array: {exc}") from None
@@ -174,45 +190,149 @@ def run(args: argparse.Namespace) -> int:
     _heatmap(boot.estimate.numpy(), names, out / "corr.png", "uncentred JVP correlation")
 
     if c.condition_on is not None:
-        k = c.condition_on
-        if not 0 <= k < m:
-            raise ValueError(f"--condition-on must be a feature index in [0, {m}), got {k}")
-        quantile = 0.17 if c.threshold is None and c.quantile is None else c.quantile
-        cond = D.condition(dy, k, threshold=c.threshold, quantile=quantile, n_boot=c.n_boot,
+        k = _check_condition_on(c.condition_on, m)
+        if c.threshold is None and c.quantile is None:
+            c.quantile = 0.17
+        cond = D.condition(dy, k, threshold=c.threshold, quantile=c.quantile, n_boot=c.n_boot,
                            seed=c.seed, level=c.level, interval=c.interval)
-        pair = c.pair
-        if pair is None:
-            others = [i for i in range(m) if i != k]
-            if len(others) < 2:
-                raise ValueError("the sensitivity sweep needs two features other than --condition-on; give --pair")
-            pair = (others[0], others[1])
+        pair = _sweep_pair(c.pair, m, k)
         for q in c.quantiles:
             if not 0 < q <= 1:
                 raise ValueError(f"--quantiles must lie in (0, 1], got {q}")
         sweep = D.threshold_sweep(dy, k, pair, quantiles=c.quantiles, n_boot=c.n_boot, seed=c.seed,
                                   level=c.level, interval=c.interval)
-        rep["conditioning"] = {
-            "note": "conditioning on a small response of feature k, not a do-intervention",
-            "k": k,
-            "feature": names[k],
-            "threshold": cond.threshold,
-            "kept": cond.kept,
-            "kept_fraction": cond.kept_fraction,
-            "corr": cond.corr,
-            "ci_lower": cond.ci.lower if cond.ci else None,
-            "ci_upper": cond.ci.upper if cond.ci else None,
-        }
-        rep["sweep"] = sweep
-        fig, ax = report.new_figure(figsize=(5, 3.5))
-        x = sweep.kept_fraction.numpy()
-        ax.fill_between(x, sweep.lower.numpy(), sweep.upper.numpy(), alpha=0.3)
-        ax.plot(x, sweep.estimate.numpy(), "-o", ms=3)
-        ax.axhline(0.0, color="k", lw=0.5)
-        ax.set_xscale("log")
-        ax.set_xlabel(f"kept fraction (smallest |Δy| of {names[k]})")
-        ax.set_ylabel(f"Corr({names[pair[0]]}, {names[pair[1]]})")
-        ax.set_title(f"conditioning sensitivity ({int(100 * c.level)} % bootstrap CI)", fontsize=9)
-        report.save_figure(fig, out / "sweep.png")
+        _conditioning_outputs(rep, cond, sweep, names, c.level, out)
+    report.write_json(out / "report.json", rep)
+    print(format_table(boot, names, n_samples, truth))
+    print(f"wrote {out / 'report.json'} and {out / 'corr.png'}")
+    return 0
+
+
+def _check_condition_on(k: int, m: int) -> int:
+    if not 0 <= k < m:
+        raise ValueError(f"--condition-on must be a feature index in [0, {m}), got {k}")
+    return k
+
+
+def _sweep_pair(pair, m: int, k: int) -> tuple[int, int]:
+    """``--pair``, or the first two features other than ``k``."""
+    if pair is not None:
+        return pair
+    others = [i for i in range(m) if i != k]
+    if len(others) < 2:
+        raise ValueError("the sensitivity sweep needs two features other than --condition-on; give --pair")
+    return others[0], others[1]
+
+
+def _conditioning_outputs(rep: dict, cond, sweep, names, level: float, out) -> None:
+    """The report's ``conditioning`` and ``sweep`` entries and ``sweep.png``."""
+    from .. import report
+
+    k, pair = cond.k, sweep.pair
+    rep["conditioning"] = {
+        "note": "conditioning on a small response of feature k, not a do-intervention",
+        "k": k,
+        "feature": names[k],
+        "threshold": cond.threshold,
+        "kept": cond.kept,
+        "kept_fraction": cond.kept_fraction,
+        "corr": cond.corr,
+        "ci_lower": cond.ci.lower if cond.ci else None,
+        "ci_upper": cond.ci.upper if cond.ci else None,
+    }
+    rep["sweep"] = sweep
+    fig, ax = report.new_figure(figsize=(5, 3.5))
+    x = sweep.kept_fraction.numpy()
+    ax.fill_between(x, sweep.lower.numpy(), sweep.upper.numpy(), alpha=0.3)
+    ax.plot(x, sweep.estimate.numpy(), "-o", ms=3)
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"kept fraction (smallest |Δy| of {names[k]})")
+    ax.set_ylabel(f"Corr({names[pair[0]]}, {names[pair[1]]})")
+    ax.set_title(f"conditioning sensitivity ({int(100 * level)} % bootstrap CI)", fontsize=9)
+    report.save_figure(fig, out / "sweep.png")
+
+
+def _quantile_threshold(acc, q: float, path) -> float:
+    """The threshold accumulated for the pilot quantile ``q``."""
+    import math
+
+    held = acc.quantiles.tolist()
+    for qq, t in zip(held, acc.thresholds.tolist()):
+        if math.isclose(qq, q, rel_tol=1e-12):
+            return t
+    raise ValueError(f"{path} holds the quantiles {held}; got {q} (choose one, or rerun "
+                     "`jvp --moments-only --quantiles ...`)")
+
+
+def _run_moments(c: DependenceConfig, path, data) -> int:
+    """``dependence`` on the sums of ``jvp --moments-only`` (:class:`~causal_delta.moments.MomentAccumulator`)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..moments import MomentAccumulator
+
+    acc = MomentAccumulator.from_state_dict({key: data[key] for key in data.files})
+    if c.interval == "bca":
+        raise ValueError("--interval bca needs the rows (its acceleration is a jackknife over them); "
+                         f"{path} holds moments: use --interval percentile")
+    if acc.n < 2:
+        raise ValueError(f"--responses {path} holds the moments of {acc.n} rows; at least 2 needed")
+    if acc.n_boot == 0:
+        raise ValueError(f"--responses {path} holds no bootstrap replicates (written with --n-boot 0)")
+    if c.n_boot is not None and c.n_boot > acc.n_boot:
+        raise ValueError(f"--n-boot must be <= the {acc.n_boot} replicates in {path}, got {c.n_boot}")
+    if c.seed is not None and c.seed != acc.seed:
+        raise ValueError(f"--seed: the replicates in {path} were drawn with seed {acc.seed} by `jvp`, got {c.seed}")
+    m = acc.m
+    names = [str(s) for s in data["names"]] if "names" in data.files else [str(i) for i in range(m)]
+    n_samples = int(data["n_samples"]) if "n_samples" in data.files else acc.n
+    probes = int(data["probes_per_sample"]) if "probes_per_sample" in data.files else 1
+    truth = np.asarray(data["truth_corr"], dtype=np.float64) if "truth_corr" in data.files else None
+    if truth is not None and truth.shape != (m, m):
+        truth = None
+    out = Path(c.out)
+    boot = acc.bootstrap(level=c.level, n_boot=c.n_boot)
+    rep: dict = {
+        "command": "dependence",
+        "responses_file": str(path),
+        "source": "moments (streamed sums of `jvp --moments-only`)",
+        "config": config_to_dict(c),
+        "n_responses": acc.n,
+        "features": names,
+        "estimator": "Corr = D^-1/2 S D^-1/2, S = E[dy dy^T] (uncentred, the paper's)",
+        "corr": boot.estimate,
+        "ci_lower": boot.lower,
+        "ci_upper": boot.upper,
+        "se": boot.se,
+        "level": c.level,
+        "n_boot": boot.n_boot,
+        "interval": boot.interval,
+        "bootstrap": "online: Poisson(1) weight per sample, hashed from (seed, sample index)",
+        "seed": acc.seed,
+        "bootstrap_groups": "samples" if probes > 1 else "rows",
+        "corr_centred_pearson": acc.correlation(centered=True),
+        "n_samples": n_samples,
+        "truth_corr": truth,
+    }
+    _heatmap(boot.estimate.numpy(), names, out / "corr.png", "uncentred JVP correlation")
+    if c.condition_on is not None:
+        k = _check_condition_on(c.condition_on, m)
+        if acc.k is None:
+            raise ValueError(f"{path} holds no conditioning sums: run `jvp --moments-only --condition-on {k}`")
+        if k != acc.k:
+            raise ValueError(f"--condition-on must be {acc.k}, the feature {path} was conditioned on, got {k}")
+        threshold = c.threshold if c.threshold is not None else _quantile_threshold(
+            acc, 0.17 if c.quantile is None else c.quantile, path)
+        cond = acc.condition(threshold, level=c.level, n_boot=c.n_boot)
+        qs = acc.quantiles.tolist() if c.quantiles is None else c.quantiles
+        sweep = acc.threshold_sweep(_sweep_pair(c.pair, m, k), thresholds=[_quantile_threshold(acc, q, path)
+                                                                               for q in qs],
+                                    level=c.level, n_boot=c.n_boot)
+        _conditioning_outputs(rep, cond, sweep, names, c.level, out)
+    from .. import report
+
     report.write_json(out / "report.json", rep)
     print(format_table(boot, names, n_samples, truth))
     print(f"wrote {out / 'report.json'} and {out / 'corr.png'}")

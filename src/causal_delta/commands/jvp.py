@@ -1,7 +1,8 @@
 """``causal-delta jvp``: responses Δy = J_{C∘f}(x0) z of a trained flow to random latent probes.
 
 Writes ``responses.npz`` (``responses`` (n·P, m), ``sample_index``, ``features`` / ``names``) and
-``report.json`` (configuration, checkpoint info, solver cost, timings) under ``--out``.
+``report.json`` (configuration, checkpoint info, solver cost, timings) under ``--out``; with
+``--moments-only``, ``moments.npz`` (streamed sums, :mod:`causal_delta.commands._jvp_moments`) instead.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ class JvpConfig(FlowSource):
     seed: int = option(0, help="seed of x0 and the probes")
     ema: bool = option(True, help="use the EMA weights (--no-ema: the raw weights)")
     save_samples: bool = option(False, help="also store x0 and f(x0) in the npz")
+    moments_only: bool = option(False, help="stream the responses into moments.npz (sums, Poisson-bootstrap "
+                                             "replicates, conditioning sums) instead of responses.npz: memory "
+                                             "independent of -n")
+    n_boot: int | None = option(None, help="with --moments-only: bootstrap replicates (1000)")
+    condition_on: int | None = option(None, metavar="K",
+                                      help="with --moments-only: also accumulate the rows with small |Δy_K|")
+    quantiles: tuple[float, ...] | None = option(
+        None, help="with --condition-on: kept fractions; thresholds from the first 1024 samples "
+                   "(default 1,0.7,0.5,0.3,0.2,0.17,0.1,0.05)")
     out: str = option("runs/jvp", help="output directory")
 
 
@@ -176,6 +186,22 @@ def run(args: argparse.Namespace) -> int:
         features = parse_features(c.features, event)
     if names is None:
         names = feature_labels(features, event, (info.get("data") or {}).get("feature_names"))
+    truth = None  # the data's known correlation of the chosen coordinates (Gaussian sources)
+    known = (info.get("data") or {}).get("corr")
+    if classifier is None and known is not None:
+        truth = np.asarray(known, dtype=np.float64)[np.ix_(features, features)]
+    moment_opts = [o for o, v in (("--n-boot", c.n_boot), ("--condition-on", c.condition_on),
+                                  ("--quantiles", c.quantiles)) if v is not None]
+    if moment_opts and not c.moments_only:
+        raise ValueError(f"{', '.join(moment_opts)}: only with --moments-only (for raw responses, give them to "
+                         "`causal-delta dependence`)")
+    if c.moments_only:
+        if c.save_samples:
+            raise ValueError("--save-samples holds every sample: it does not go with --moments-only")
+        from . import _jvp_moments
+
+        return _jvp_moments.run(c, velocity=velocity, classifier=classifier, features=features, names=names,
+                                event=event, dtype=dtype, info=info, clf_info=clf_info, truth=truth)
 
     # Draw in float64 whatever --dtype is, then cast: the same --seed gives the same (x0, z)
     # pairs (to float32 rounding) in float32 and float64, so runs compare sample by sample.
@@ -191,11 +217,6 @@ def run(args: argparse.Namespace) -> int:
     m = dy.shape[1]
     if names is None or len(names) != m:
         names = [f"logit {k}" for k in range(m)]
-    truth = None  # the data's known correlation of the chosen coordinates (Gaussian sources)
-    known = (info.get("data") or {}).get("corr")
-    if classifier is None and known is not None:
-        full = np.asarray(known, dtype=np.float64)
-        truth = full[np.ix_(features, features)]
     arrays = {
         "responses": dy,
         "sample_index": res.sample_index.cpu().numpy(),
