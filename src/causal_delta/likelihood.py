@@ -42,6 +42,7 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
+from ._compat import load_forward_ad
 from ._validation import check_positive_int
 from .solvers import METHODS, Velocity, integrate
 
@@ -74,6 +75,7 @@ def _jvp_fn(velocity: Velocity) -> Callable[[Tensor, Tensor, Tensor], tuple[Tens
     fj = getattr(velocity, "forward_jvp", None)
     if callable(fj):
         return fj
+    load_forward_ad()  # torch's first forward-mode call warns otherwise
 
     def fn(x: Tensor, t: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
         return torch.func.jvp(lambda y: velocity(y, t), (x,), (dx,))
