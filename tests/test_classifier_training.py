@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from _celeba_fixture import make_mini_celeba
 
 from causal_delta.classifier_training import (
     ClassifierTrainConfig,
@@ -17,6 +16,8 @@ from causal_delta.classifier_training import (
     roc_auc,
     train_classifier,
 )
+
+from _celeba_fixture import make_mini_celeba
 
 
 def _toy(n=120, seed=0):

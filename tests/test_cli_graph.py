@@ -9,10 +9,10 @@ import torch
 
 pytest.importorskip("causallearn")
 
-from causal_delta import cli  # noqa: E402
-from causal_delta.checkpoint import save_checkpoint  # noqa: E402
-from causal_delta.graphs import GraphResult, known_graph, shd  # noqa: E402
-from causal_delta.models import MLPClassifier, MLPClassifierConfig  # noqa: E402
+from causal_delta import cli
+from causal_delta.checkpoint import save_checkpoint
+from causal_delta.graphs import GraphResult, known_graph, shd
+from causal_delta.models import MLPClassifier, MLPClassifierConfig
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _celeba_fixture import make_mini_celeba
 
 from causal_delta.datasets import celeba as C
 from causal_delta.datasets import load_data_source
 from causal_delta.datasets.images import read_image
+
+from _celeba_fixture import make_mini_celeba
 
 
 @pytest.fixture(scope="module")

@@ -237,7 +237,7 @@ def test_bootstrap_vectorised_jackknife_equals_the_generic_one():
     # Replicates drawn exactly as bootstrap() draws them.
     gen = torch.Generator().manual_seed(3)
     reps = []
-    for s in range(0, 500, 100):
+    for _ in range(0, 500, 100):
         idx = torch.randint(0, 30, (100, 30), generator=gen)
         reps += [D.correlation(dy[i]) for i in idx]
     lo, hi = bootstrap_interval(torch.stack(reps), D.correlation(dy), jackknife=loo)

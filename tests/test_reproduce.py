@@ -95,7 +95,8 @@ def test_pixels_quick_on_digits(tmp_path):
     corr_jvp = dependence.correlation(dy).numpy()  # (64, 64), the paper's uncentred estimator
     gen_img = sample(velocity, x0, steps=cfg.solver_steps, method=cfg.method).flatten(1).double().numpy()
     corr_gen = np.corrcoef(gen_img, rowvar=False)
-    real = load_images("digits", classes=cfg.classes, size=cfg.image_size, limit=cfg.limit).images.flatten(1).double().numpy()
+    real = load_images("digits", classes=cfg.classes, size=cfg.image_size, limit=cfg.limit).images
+    real = real.flatten(1).double().numpy()
     a, b = 4 * 8 + 2, 5 * 8 + 2
     assert res["pixel_pair"]["jvp"] == pytest.approx(corr_jvp[a, b], abs=1e-4)
     assert res["pixel_pair"]["empirical_generated"] == pytest.approx(corr_gen[a, b], abs=1e-4)

@@ -26,8 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_shape
-from .._validation import check_spd
+from .._validation import check_shape, check_spd
 from ._common import Time, as_float_tensor, check_points, prepare_time, sym_fn
 
 __all__ = ["GaussianOT"]

@@ -252,7 +252,8 @@ def write_report(
         "",
     ]
     figs = ["", "Figures: " + ", ".join(f"`{f}`" for f in figures)] if figures else []
-    _report.write_text(out_dir / "summary.md", "\n".join(head) + "\n" + summary.rstrip() + "\n" + "\n".join(figs) + "\n")
+    text = "\n".join(head) + "\n" + summary.rstrip() + "\n" + "\n".join(figs) + "\n"
+    _report.write_text(out_dir / "summary.md", text)
     return report
 
 
