@@ -78,7 +78,8 @@ def _jvp_fn(velocity: Velocity) -> Callable[[Tensor, Tensor, Tensor], tuple[Tens
     load_forward_ad()  # torch's first forward-mode call warns otherwise
 
     def fn(x: Tensor, t: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.func.jvp(lambda y: velocity(y, t), (x,), (dx,))
+        out = torch.func.jvp(lambda y: velocity(y, t), (x,), (dx,))  # (v, dv); a third only with has_aux
+        return out[0], out[1]
 
     return fn
 
