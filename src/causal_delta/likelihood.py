@@ -282,9 +282,9 @@ def log_likelihood(
     chunks = torch.split(x, batch_size)
     iterator = chunks
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import progress_bar
 
-        iterator = tqdm(chunks, desc=f"log-likelihood ({divergence}, {method})", unit="batch")
+        iterator = progress_bar(chunks, desc=f"log-likelihood ({divergence}, {method})", unit="batch")
     lp, lp0, integ, x0s, nfe = [], [], [], [], 0
     with torch.no_grad():
         for xb in iterator:

@@ -302,7 +302,7 @@ def sample(
     chunks = torch.split(x0, batch_size)
     iterator = chunks
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import progress_bar as tqdm  # tqdm is optional
 
         iterator = tqdm(chunks, desc=f"sampling ({method}, {steps} steps)", unit="batch")
     for chunk in iterator:

@@ -144,7 +144,7 @@ def jacobian_spectra(flow, points: Tensor, *, k: int, method: str, steps: int, s
     rows = []
     it = range(points.shape[0])
     if progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar as tqdm  # tqdm is optional
 
         it = tqdm(it, desc=desc, unit="point", leave=False, dynamic_ncols=True)
     for i in it:

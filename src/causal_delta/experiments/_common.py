@@ -114,7 +114,7 @@ def progress(iterable, *, desc: str, enabled: bool = True, total: int | None = N
     if not enabled:
         return iterable
     try:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar as tqdm  # tqdm is optional
     except ImportError:  # pragma: no cover
         return iterable
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)

@@ -69,7 +69,7 @@ def fit_field(field: nn.Module, data: Tensor, *, objective: str = "flux", sigma:
     bar = range(steps)
     if progress:
         try:
-            from tqdm.auto import tqdm
+            from .._progress import progress_bar as tqdm  # tqdm is optional
 
             bar = tqdm(bar, desc=f"train {objective}", leave=False, dynamic_ncols=True)
         except ImportError:  # pragma: no cover
