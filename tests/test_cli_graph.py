@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("causallearn")
+pytest.importorskip("causallearn", reason="needs causal-learn (the graph extra)")
 
 from causal_delta import cli
 from causal_delta.checkpoint import save_checkpoint

@@ -48,6 +48,7 @@ def test_attribute_selection_order_and_limit(mini):
 
 
 def test_crop_and_resize_match_an_independent_pil_route(mini):
+    pytest.importorskip("PIL", reason="image files need pillow (the vision extra)")
     from PIL import Image
 
     data = C.load_celeba(mini, split="all", limit=1, size=None)

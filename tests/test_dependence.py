@@ -207,7 +207,7 @@ def test_bca_intervals_cover_a_known_correlation():
 
 
 def test_bca_matches_scipy_and_the_jackknife_acceleration_of_a_mean():
-    scipy_stats = pytest.importorskip("scipy.stats")
+    scipy_stats = pytest.importorskip("scipy.stats", reason="the BCa reference is scipy's (dev extra)")
     x = np.random.default_rng(0).exponential(size=40)  # right-skewed: BCa shifts the interval up
     est, lo, hi = D.bootstrap_statistic(lambda idx: x[idx].mean(), 40, n_boot=4000, seed=1,
                                         jackknife_blocks=40)

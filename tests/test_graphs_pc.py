@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("causallearn")
+pytest.importorskip("causallearn", reason="needs causal-learn (the graph extra)")
 
 from causal_delta import dependence
 from causal_delta.closed_form import GaussianFlow

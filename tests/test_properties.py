@@ -15,6 +15,9 @@ import math
 
 import pytest
 import torch
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (dev extra)")
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
