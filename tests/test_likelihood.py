@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from causal_delta.cli import main
-from causal_delta.closed_form import GaussianFlow
+from causal_delta.closed_form import GaussianFlow, GaussianMixture
 from causal_delta.likelihood import (
     LogLikelihood,
     dequantize,
@@ -74,6 +74,15 @@ def test_exact_matches_closed_form_gaussian(flow, gen, method, kw):
     torch.testing.assert_close(res.divergence_integral, torch.full((64,), 0.5 * float(torch.logdet(flow.cov)),
                                                                    dtype=F64), rtol=0, atol=1e-8)
     torch.testing.assert_close(res.log_prob, res.log_prob_source - res.divergence_integral, rtol=0, atol=1e-14)
+
+
+def test_exact_matches_gaussian_mixture_density(gen):
+    # a nonlinear field (divergence varies along each path): the mixture flow's own log p_1
+    mix = GaussianMixture([0.3, 0.7], [[-1.5, 0.5], [1.0, -0.5]],
+                          [[[0.3, 0.1], [0.1, 0.2]], [[0.5, -0.2], [-0.2, 0.4]]])
+    x = 1.2 * torch.randn(32, 2, generator=gen, dtype=F64)
+    res = log_likelihood(mix.velocity, x, method="dopri5", atol=1e-10, rtol=1e-10)
+    assert (res.log_prob - mix.log_prob(x, 1.0)).abs().max() < 1e-8
 
 
 def test_hutchinson_within_three_se(flow, gen):
