@@ -22,6 +22,11 @@ def to_jsonable(obj: Any) -> Any:
     """Convert tensors, numpy arrays/scalars, dataclasses, paths and tuples to JSON types.
 
     Non-finite floats become ``None`` (JSON has no NaN), so reports stay valid JSON.
+
+    Example:
+        >>> import torch
+        >>> to_jsonable({"x": torch.tensor([1.5, 2.0]), "bad": float("nan"), "shape": (2, 3)})
+        {'x': [1.5, 2.0], 'bad': None, 'shape': [2, 3]}
     """
     if is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(asdict(obj))
