@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,6 +179,8 @@ def test_cli_likelihood(tmp_path, capsys):
     s = report["summary"]
     assert s["n"] == 24 and s["dim"] == 2 and s["divergence"] == "exact" and report["data"] == "gaussian"
     assert (out / "summary.md").read_text().startswith("# Log-likelihood")
+    per_point = np.load(out / "log_prob.npy")
+    assert per_point.shape == (24,) and per_point.mean() == pytest.approx(s["log_likelihood"]["mean"], rel=1e-9)
     # the library on the same flow and the same seeded draws gives the same numbers
     from causal_delta.checkpoint import load_flow
     from causal_delta.datasets import load_data_source
