@@ -32,6 +32,9 @@ def make_mini_celeba(root: Path, n: int = 48, *, seed: int = 0, partition: bool 
     The partition (when written) puts 70 % of the rows in train, 15 % in valid, the rest in test.
     Returns ``root``.
     """
+    import pytest
+
+    pytest.importorskip("PIL", reason="image files need pillow (the vision extra)")
     from PIL import Image
 
     rng = np.random.default_rng(seed)

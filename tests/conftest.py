@@ -16,3 +16,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def seeded_global_rng():
+    """Seed torch's global generator before every test.
+
+    Tests draw their data from their own ``torch.Generator``; what is left on the global one
+    (a module's weight initialisation, a shape-only ``torch.randn``) is then the same whatever
+    the order, selection (``-k``) or process the test runs in.
+    """
+    torch.manual_seed(0)
+    yield

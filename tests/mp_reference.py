@@ -7,8 +7,10 @@ solves, the textbook (uncentred) form of Eq. 4 and ``exp``-normalised responsibi
 
 from __future__ import annotations
 
-import mpmath as mp
+import pytest
 import torch
+
+mp = pytest.importorskip("mpmath", reason="the 50-digit references need mpmath (dev extra)")
 
 __all__ = ["mixture_reference", "gaussian_flow_reference"]
 

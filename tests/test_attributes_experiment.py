@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from _celeba_fixture import make_mini_celeba
 
 from causal_delta import cli
 from causal_delta.experiments.attributes import AttributesConfig, run_attributes, top_share
+
+from _celeba_fixture import make_mini_celeba
 
 # Sizes that make the quick configuration run in seconds on the fabricated folder.
 TINY = ["--set", "image_size=16", "--set", 'overrides=[["base_channels", 8]]', "--set", "train_steps=30",

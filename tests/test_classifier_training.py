@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from _celeba_fixture import make_mini_celeba
 
 from causal_delta.classifier_training import (
     ClassifierTrainConfig,
@@ -17,6 +16,8 @@ from causal_delta.classifier_training import (
     roc_auc,
     train_classifier,
 )
+
+from _celeba_fixture import make_mini_celeba
 
 
 def _toy(n=120, seed=0):
@@ -35,6 +36,8 @@ def _cfg(tmp_path, name, **kw):
 
 @pytest.mark.parametrize("head,arch", [("binary", "small-cnn"), ("regression", "resnet18")])
 def test_resume_to_2n_equals_2n_straight(tmp_path, head, arch):
+    if arch.startswith("resnet"):
+        pytest.importorskip("torchvision", reason="ResNet classifiers need torchvision (the vision extra)")
     x, yb, yr = _toy()
     y = yb if head == "binary" else yr
     kw = dict(head=head, arch=arch, model_args={} if arch == "resnet18" else None)
@@ -58,6 +61,7 @@ def test_resume_to_2n_equals_2n_straight(tmp_path, head, arch):
 
 
 def test_held_out_report_matches_sklearn(tmp_path):
+    pytest.importorskip("sklearn", reason="needs scikit-learn (the vision extra)")
     from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 
     x, yb, yr = _toy(160)
@@ -91,6 +95,7 @@ def test_held_out_report_matches_sklearn(tmp_path):
 
 
 def test_roc_auc_with_ties_and_one_class():
+    pytest.importorskip("sklearn", reason="needs scikit-learn (the vision extra)")
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(0)
@@ -190,6 +195,7 @@ def test_cli_evaluate(tmp_path, capsys):
     assert r[0] == 0, r[2]
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert rep["n"] == 24 and list(rep["per_attribute"]) == ["Pointy_Nose"]
+    pytest.importorskip("sklearn", reason="needs scikit-learn (the vision extra)")
     from sklearn.metrics import roc_auc_score
 
     from causal_delta.datasets.celeba import load_celeba

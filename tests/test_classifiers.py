@@ -21,6 +21,8 @@ def _fd(f, x, dx, eps):
 
 @pytest.mark.parametrize("arch,shape,kw", KINDS, ids=[k[0] for k in KINDS])
 def test_forward_mode_matches_central_differences(arch, shape, kw):
+    if arch.startswith("resnet"):
+        pytest.importorskip("torchvision", reason="ResNet classifiers need torchvision (the vision extra)")
     torch.manual_seed(0)
     clf = build_classifier(arch, shape, 5, **kw).double().eval()
     if arch.startswith("resnet"):  # non-trivial BatchNorm statistics, as after training
@@ -63,6 +65,8 @@ class _LinearFlow(nn.Module):
 
 @pytest.mark.parametrize("arch,shape,kw", KINDS[:3], ids=[k[0] for k in KINDS[:3]])
 def test_attribute_jvp_accepts_each_classifier(arch, shape, kw):
+    if arch.startswith("resnet"):
+        pytest.importorskip("torchvision", reason="ResNet classifiers need torchvision (the vision extra)")
     torch.manual_seed(0)
     clf = build_classifier(arch, shape, 4, **kw).double().eval()
     flow = _LinearFlow(shape).double().eval()
@@ -81,6 +85,7 @@ def test_attribute_jvp_accepts_each_classifier(arch, shape, kw):
 
 
 def test_resnet_backbone_from_local_file(tmp_path):
+    pytest.importorskip("torchvision", reason="ResNet classifiers need torchvision (the vision extra)")
     from torchvision.models import resnet18
 
     torch.manual_seed(3)

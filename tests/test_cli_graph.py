@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("causallearn")
+pytest.importorskip("causallearn", reason="needs causal-learn (the graph extra)")
 
-from causal_delta import cli  # noqa: E402
-from causal_delta.checkpoint import save_checkpoint  # noqa: E402
-from causal_delta.graphs import GraphResult, known_graph, shd  # noqa: E402
-from causal_delta.models import MLPClassifier, MLPClassifierConfig  # noqa: E402
+from causal_delta import cli
+from causal_delta.checkpoint import save_checkpoint
+from causal_delta.graphs import GraphResult, known_graph, shd
+from causal_delta.models import MLPClassifier, MLPClassifierConfig
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _celeba_fixture import make_mini_celeba
 
 from causal_delta.datasets import celeba as C
 from causal_delta.datasets import load_data_source
 from causal_delta.datasets.images import read_image
+
+from _celeba_fixture import make_mini_celeba
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,7 @@ def test_attribute_selection_order_and_limit(mini):
 
 
 def test_crop_and_resize_match_an_independent_pil_route(mini):
+    pytest.importorskip("PIL", reason="image files need pillow (the vision extra)")
     from PIL import Image
 
     data = C.load_celeba(mini, split="all", limit=1, size=None)

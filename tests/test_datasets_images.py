@@ -39,6 +39,7 @@ def fake_mnist(tmp_path):
 
 
 def test_digits_class_filter_shape_and_range():
+    pytest.importorskip("sklearn", reason="needs scikit-learn (the vision extra)")
     data = I.load_digits(classes=5)
     assert data.images.shape[1:] == (1, 8, 8) and data.images.dtype == torch.float32
     assert len(data) == int((data.labels == 5).sum()) > 150
@@ -98,6 +99,7 @@ def test_fashion_mnist_from_debian_gz_files():
 
 
 def test_image_folder_flat_and_per_class(tmp_path):
+    pytest.importorskip("PIL", reason="image files need pillow (the vision extra)")
     from PIL import Image
 
     flat = tmp_path / "flat"

@@ -215,7 +215,7 @@ def test_bca_intervals_cover_a_known_correlation():
 
 
 def test_bca_matches_scipy_and_the_jackknife_acceleration_of_a_mean():
-    scipy_stats = pytest.importorskip("scipy.stats")
+    scipy_stats = pytest.importorskip("scipy.stats", reason="the BCa reference is scipy's (dev extra)")
     x = np.random.default_rng(0).exponential(size=40)  # right-skewed: BCa shifts the interval up
     est, lo, hi = D.bootstrap_statistic(lambda idx: x[idx].mean(), 40, n_boot=4000, seed=1,
                                         jackknife_blocks=40)
@@ -245,7 +245,7 @@ def test_bootstrap_vectorised_jackknife_equals_the_generic_one():
     # Replicates drawn exactly as bootstrap() draws them.
     gen = torch.Generator().manual_seed(3)
     reps = []
-    for s in range(0, 500, 100):
+    for _ in range(0, 500, 100):
         idx = torch.randint(0, 30, (100, 30), generator=gen)
         reps += [D.correlation(dy[i]) for i in idx]
     lo, hi = bootstrap_interval(torch.stack(reps), D.correlation(dy), jackknife=loo)

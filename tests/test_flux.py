@@ -5,11 +5,29 @@ import math
 import pytest
 import torch
 
-from causal_delta.datasets.synthetic import DEFAULT_MIXTURE
 from causal_delta.closed_form import GaussianMixture
-from causal_delta.flux import (MaskedMLP, TimeFree, annealed_langevin, block_triangular_mask, curl_2d, divergence,
-                               dsm_loss, field_jacobian, flux_matching_loss, kde_score, kde_score_divergence,
-                               kde_score_jvp, fit_field, langevin, mean_abs_curl, mmd2, ou_simulate, ou_step, stein_residual)
+from causal_delta.datasets.synthetic import DEFAULT_MIXTURE
+from causal_delta.flux import (
+    MaskedMLP,
+    TimeFree,
+    annealed_langevin,
+    block_triangular_mask,
+    curl_2d,
+    divergence,
+    dsm_loss,
+    field_jacobian,
+    fit_field,
+    flux_matching_loss,
+    kde_score,
+    kde_score_divergence,
+    kde_score_jvp,
+    langevin,
+    mean_abs_curl,
+    mmd2,
+    ou_simulate,
+    ou_step,
+    stein_residual,
+)
 from causal_delta.models import build_model
 
 R90 = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)

@@ -107,7 +107,7 @@ def _to_causallearn(g: PDAG):
 
 def test_cpdag_and_shd_match_causallearn():
     """Independent route: causal-learn's dag2cpdag and SHD on random DAGs."""
-    pytest.importorskip("causallearn")
+    pytest.importorskip("causallearn", reason="needs causal-learn (the graph extra)")
     from causallearn.graph.SHD import SHD
     from causallearn.utils.DAG2CPDAG import dag2cpdag
 

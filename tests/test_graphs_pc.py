@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("causallearn")
+pytest.importorskip("causallearn", reason="needs causal-learn (the graph extra)")
 
-from causal_delta import dependence  # noqa: E402
-from causal_delta.closed_form import GaussianFlow  # noqa: E402
-from causal_delta.graphs import GraphResult, known_graph, shd, skeleton_shd  # noqa: E402
-from causal_delta.graphs.jvp_pc import (  # noqa: E402
+from causal_delta import dependence
+from causal_delta.closed_form import GaussianFlow
+from causal_delta.graphs import GraphResult, known_graph, shd, skeleton_shd
+from causal_delta.graphs.jvp_pc import (
     ResponseOracle,
     hold_fixed_probes_multi,
     joint_small_mask,
     jvp_ci_test,
     jvp_pc,
 )
-from causal_delta.graphs.pc import partial_correlation, pc_labels, run_pc  # noqa: E402
+from causal_delta.graphs.pc import partial_correlation, pc_labels, run_pc
 
 # Edge weights of the linear-Gaussian SCMs (in DAG.edges order). For "five" they are chosen so that
 # every d-connected (pair, set) has |partial correlation| >= 0.21 (no near-cancellation of paths).

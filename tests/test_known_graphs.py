@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("causallearn", reason="PC needs causal-learn (the graph extra)")
+
 from causal_delta.cli import main
 from causal_delta.datasets.scm import SCM
 from causal_delta.experiments._graph_verdicts import middle_node, normalise_rows, tail_share, trim_rows

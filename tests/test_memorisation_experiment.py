@@ -11,7 +11,12 @@ from __future__ import annotations
 import json
 
 from causal_delta.experiments import _common as C
-from causal_delta.experiments.memorisation import MemorisationExperimentConfig, run_crossing, run_memorisation, run_random_pairs
+from causal_delta.experiments.memorisation import (
+    MemorisationExperimentConfig,
+    run_crossing,
+    run_memorisation,
+    run_random_pairs,
+)
 
 
 def test_crossing_gradient_variance_spikes_at_one_half(tmp_path):

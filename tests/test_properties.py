@@ -15,12 +15,16 @@ import math
 
 import pytest
 import torch
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (dev extra)")
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mp_reference import gaussian_flow_reference, mixture_reference
 
 from causal_delta import dependence
 from causal_delta.closed_form import GaussianFlow, GaussianMixture
+
+from mp_reference import gaussian_flow_reference, mixture_reference
 
 F64 = torch.float64
 SETTINGS = dict(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -72,6 +72,7 @@ def test_pixel_pair_mapping_and_region():
 
 
 def test_pixels_quick_on_digits(tmp_path):
+    pytest.importorskip("sklearn", reason="needs scikit-learn (the vision extra)")
     config_cls, run = get_experiment("pixels")
     cfg = config_cls.quick(train_steps=60, n_samples=64, chunk_size=32, solver_steps=5, n_boot=20)
     report = run(cfg, tmp_path, progress=False)
@@ -95,7 +96,8 @@ def test_pixels_quick_on_digits(tmp_path):
     corr_jvp = dependence.correlation(dy).numpy()  # (64, 64), the paper's uncentred estimator
     gen_img = sample(velocity, x0, steps=cfg.solver_steps, method=cfg.method).flatten(1).double().numpy()
     corr_gen = np.corrcoef(gen_img, rowvar=False)
-    real = load_images("digits", classes=cfg.classes, size=cfg.image_size, limit=cfg.limit).images.flatten(1).double().numpy()
+    real = load_images("digits", classes=cfg.classes, size=cfg.image_size, limit=cfg.limit).images
+    real = real.flatten(1).double().numpy()
     a, b = 4 * 8 + 2, 5 * 8 + 2
     assert res["pixel_pair"]["jvp"] == pytest.approx(corr_jvp[a, b], abs=1e-4)
     assert res["pixel_pair"]["empirical_generated"] == pytest.approx(corr_gen[a, b], abs=1e-4)
@@ -118,6 +120,7 @@ def test_pixels_quick_on_digits(tmp_path):
 
 
 def test_cli_all_quick_minimal(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="pixels runs on scikit-learn's digits (the vision extra)")
     rc = cli.main(["reproduce", "all", "--quick", "--out", str(tmp_path), "--no-progress",
                    "--set", "train_steps=30", "--set", "n_points=50", "--set", "n_samples=32",
                    "--set", "chunk_size=32", "--set", "n_probe=200", "--set", "n_boot=10",

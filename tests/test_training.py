@@ -126,6 +126,7 @@ def test_tabular_and_image_sources(tmp_path):
     torch.save(torch.from_numpy(imgs), tmp_path / "imgs.pt")
     src = load_data_source(str(tmp_path / "imgs.pt"))
     assert src.event_shape == (1, 8, 8) and src.data.min() >= -1 and src.data.max() <= 1
+    pytest.importorskip("PIL", reason="image files need pillow (the vision extra)")
     from PIL import Image
 
     folder = tmp_path / "folder"

@@ -23,6 +23,7 @@ __all__ = [
     "jvp",
     "dependence",
     "moments",
+    "likelihood",
     "graphs",
     "diagnostics",
     "datasets",

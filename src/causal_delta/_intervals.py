@@ -116,7 +116,8 @@ def bootstrap_interval(
         prop = ((below + 0.5 * equal) / B).clamp(min=0.5 / B, max=1.0 - 0.5 / B)
         z0 = normal.icdf(prop)
         a = jackknife_acceleration(jackknife.double()) if jackknife is not None else torch.zeros_like(est)
-        z_lo, z_hi = normal.icdf(torch.tensor(alpha, dtype=torch.float64)), normal.icdf(torch.tensor(1 - alpha, dtype=torch.float64))
+        z_lo = normal.icdf(torch.tensor(alpha, dtype=torch.float64))
+        z_hi = normal.icdf(torch.tensor(1 - alpha, dtype=torch.float64))
 
         def level_at(z: Tensor) -> Tensor:
             w = z0 + z

@@ -195,7 +195,7 @@ def train_classifier(
         x_all, y_all = data.train_x, (data.train_y - shift) / scale
         bar = None
         if progress and step < config.steps:
-            from tqdm.auto import tqdm
+            from ._progress import progress_bar as tqdm  # tqdm is optional
 
             bar = tqdm(total=config.steps, initial=step, desc=f"classifier {config.arch}", unit="step",
                        dynamic_ncols=True)

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "dependence": "dependence",
     "graph": "graph",
     "diagnose": "diagnose",
+    "likelihood": "likelihood",
     "reproduce": "reproduce",
     "classifier": "classifier",
 }

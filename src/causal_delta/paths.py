@@ -81,7 +81,15 @@ class PathSample:
 
 
 def regression_target(x0: Tensor, x1: Tensor, parametrization: str = "velocity") -> Tensor:
-    """Regression target: ``x1 - x0`` (``"velocity"``) or ``x1`` (``"x1"``), shaped like ``x1``."""
+    """Regression target: ``x1 - x0`` (``"velocity"``) or ``x1`` (``"x1"``), shaped like ``x1``.
+
+    Example:
+        >>> x0, x1 = torch.zeros(1, 2), torch.tensor([[1.0, 3.0]])
+        >>> regression_target(x0, x1).tolist(), regression_target(x0, x1, "x1").tolist()
+        ([[1.0, 3.0]], [[1.0, 3.0]])
+        >>> regression_target(torch.ones(1, 2), x1).tolist()
+        [[0.0, 2.0]]
+    """
     _check_parametrization(parametrization)
     return x1 - x0 if parametrization == "velocity" else x1
 
@@ -97,6 +105,12 @@ def to_velocity(g: Tensor, x_t: Tensor, t: Tensor, parametrization: str = "veloc
         parametrization: ``"velocity"`` (returns ``g``) or ``"x1"``
             (returns ``(g - x_t) / max(1 - t, t_eps)``).
         t_eps: lower bound on ``1 - t`` in the x1 conversion.
+
+    Example:
+        An x1-prediction ``g = E[x1 | x_t]`` at ``t = 0.5`` is the velocity ``(g - x_t) / 0.5``:
+
+        >>> to_velocity(torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([0.5]), "x1").tolist()
+        [[2.0]]
     """
     _check_parametrization(parametrization)
     if parametrization == "velocity":
@@ -108,6 +122,11 @@ class GaussianSource:
     """Standard normal source ``N(0, I)`` on a fixed event shape.
 
     Calling it, ``source(n, generator=None)``, returns ``(n, *event_shape)`` draws.
+
+    Example:
+        >>> source = GaussianSource((1, 4, 4))
+        >>> source(3, torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 1, 4, 4])
     """
 
     def __init__(self, event_shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32,

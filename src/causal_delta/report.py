@@ -22,6 +22,11 @@ def to_jsonable(obj: Any) -> Any:
     """Convert tensors, numpy arrays/scalars, dataclasses, paths and tuples to JSON types.
 
     Non-finite floats become ``None`` (JSON has no NaN), so reports stay valid JSON.
+
+    Example:
+        >>> import torch
+        >>> to_jsonable({"x": torch.tensor([1.5, 2.0]), "bad": float("nan"), "shape": (2, 3)})
+        {'x': [1.5, 2.0], 'bad': None, 'shape': [2, 3]}
     """
     if is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(asdict(obj))
@@ -83,25 +88,42 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
-def new_figure(*args: Any, **kwargs: Any):
-    """``matplotlib.pyplot.subplots`` on the non-interactive Agg backend (no display needed)."""
-    try:
-        import matplotlib
+_FIGURE_KWARGS = ("figsize", "dpi", "facecolor", "edgecolor", "frameon", "layout", "constrained_layout",
+                  "tight_layout")
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("figures need matplotlib: pip install matplotlib") from exc
-    return plt.subplots(*args, **kwargs)
+
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any):
+    """``(fig, axes)`` like ``matplotlib.pyplot.subplots``, on a private Agg canvas.
+
+    The figure is a :class:`matplotlib.figure.Figure` with a ``FigureCanvasAgg``: nothing is
+    registered with pyplot and the user's backend is left as it is (no ``matplotlib.use``), so a
+    notebook or GUI session is unaffected. Figure keywords (``figsize``, ``dpi``, ``layout``, ...)
+    go to the figure, the rest (``squeeze``, ``sharex``, ``subplot_kw``, ...) to ``Figure.subplots``.
+
+    Example:
+        >>> fig, (a, b) = new_figure(1, 2, figsize=(4, 2))
+        >>> type(fig).__name__, type(fig.canvas).__name__
+        ('Figure', 'FigureCanvasAgg')
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError("figures need matplotlib, which is not installed: pip install matplotlib "
+                          "(or causal-delta[cli])") from exc
+    fig = Figure(**{k: kwargs.pop(k) for k in _FIGURE_KWARGS if k in kwargs})
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 120) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
+    """Save a matplotlib figure as PNG atomically (a pyplot figure is closed afterwards)."""
     import io
-
-    import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    if fig.canvas.manager is not None:  # made by pyplot: release it from pyplot's registry
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())

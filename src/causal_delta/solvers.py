@@ -71,7 +71,14 @@ def time_grid(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Uniform grid of ``steps + 1`` points from ``t0`` to ``t1`` (``steps`` intervals)."""
+    """Uniform grid of ``steps + 1`` points from ``t0`` to ``t1`` (``steps`` intervals).
+
+    Example:
+        >>> time_grid(4).tolist()
+        [0.0, 0.25, 0.5, 0.75, 1.0]
+        >>> time_grid(2, 1.0, 0.0).tolist()  # backwards, from data to noise
+        [1.0, 0.5, 0.0]
+    """
     check_positive_int("steps", steps)
     return torch.linspace(t0, t1, steps + 1, dtype=dtype, device=device)
 
@@ -188,6 +195,19 @@ def integrate(
     Returns:
         :class:`Solution` with the final state, the grid used and the number of velocity
         evaluations. Differentiable (forward or reverse mode) for a fixed grid.
+
+    Example:
+        ``dx/dt = -x`` from ``x(0) = 1``: ``x(1) = e^{-1}``; RK4's error falls as ``h^4``.
+
+        >>> import math
+        >>> decay = lambda x, t: -x
+        >>> x0 = torch.ones(1, 1, dtype=torch.float64)
+        >>> sol = integrate(decay, x0, method="rk4", steps=20)
+        >>> sol.nfe, abs(float(sol.x) - math.exp(-1)) < 1e-7
+        (80, True)
+        >>> sol = integrate(decay, x0, method="dopri5", atol=1e-10, rtol=1e-10)
+        >>> abs(float(sol.x) - math.exp(-1)) < 1e-9
+        True
     """
     _check_method(method)
     f = _batched(velocity)
@@ -295,6 +315,11 @@ def sample(
 
     Returns:
         ``(n, *event)`` generated samples ``f(x0)``.
+
+    Example:
+        >>> x = sample(lambda x, t: torch.ones_like(x), torch.zeros(5, 2), steps=4, batch_size=2)
+        >>> x.shape, x[0].tolist()  # dx/dt = 1 for a unit of time
+        (torch.Size([5, 2]), [1.0, 1.0])
     """
     check_positive_int("batch_size", batch_size)
     check_positive_int("steps", steps)
@@ -302,7 +327,7 @@ def sample(
     chunks = torch.split(x0, batch_size)
     iterator = chunks
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import progress_bar as tqdm  # tqdm is optional
 
         iterator = tqdm(chunks, desc=f"sampling ({method}, {steps} steps)", unit="batch")
     for chunk in iterator:

@@ -349,7 +349,7 @@ def train(
         params = [p for p in model.parameters() if p.requires_grad]
         bar = None
         if progress and step < config.steps:
-            from tqdm.auto import tqdm
+            from ._progress import progress_bar as tqdm  # tqdm is optional
 
             bar = tqdm(total=config.steps, initial=step, desc=f"train {config.preset}", unit="step",
                        dynamic_ncols=True)

@@ -38,6 +38,15 @@ def linear_map_conditional_mean(A: Tensor, x_t: Tensor, t: Time) -> Tensor:
 
     Returns:
         ``(..., d)``, dtype of ``x_t`` (float64 for non-float input).
+
+    Example:
+        With ``A = I``: ``E[x | x_t] = t x_t / ((1-t)² + t²)``, so ``x_t`` itself at ``t = 1``.
+
+        >>> A = torch.eye(2, dtype=torch.float64)
+        >>> linear_map_conditional_mean(A, torch.tensor([[1.0, 2.0]], dtype=torch.float64), 0.5).tolist()
+        [[1.0, 2.0]]
+        >>> linear_map_conditional_mean(A, torch.tensor([[1.0, 2.0]], dtype=torch.float64), 0.25).tolist()
+        [[0.4, 0.8]]
     """
     if not isinstance(A, Tensor) or A.ndim != 2:
         raise ValueError(f"A must be a 2-D tensor of shape (d, m), got {getattr(A, 'shape', type(A))}")
@@ -86,6 +95,16 @@ class GaussianFlow:
 
     Shapes: ``t`` is a float / 0-dim tensor (matrices ``(d, d)``) or a tensor ``(...,)``
     (matrices ``(..., d, d)``); points are ``(..., d)``.
+
+    Example:
+        >>> flow = GaussianFlow(torch.tensor([[4.0, 0.0], [0.0, 1.0]]))
+        >>> flow.flow_jacobian(1.0).diagonal().tolist()  # Σ^{1/2}
+        [2.0, 1.0]
+        >>> flow.A(0.0).diagonal().tolist(), flow.A(1.0).diagonal().tolist()
+        ([-1.0, -1.0], [1.0, 1.0])
+        >>> x0 = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+        >>> flow.velocity(x0, torch.zeros(1)).tolist()  # v(x, 0) = -x
+        [[-1.0, -1.0]]
     """
 
     def __init__(self, cov: Tensor, *, dtype: torch.dtype = torch.float64, device=None):

@@ -160,6 +160,16 @@ class GaussianMixture:
         ValueError: bad shapes (naming the argument and the expected shape), a covariance that
             is not SPD (naming it and its smallest eigenvalue), weights not positive or not
             summing to 1 (reporting the sum).
+
+    Example:
+        One component ``N(m, I)``: at ``t = 1`` the marginal is the target itself.
+
+        >>> mix = GaussianMixture([1.0], [[3.0, 0.0]], [torch.eye(2).tolist()])
+        >>> x = torch.tensor([[3.0, 0.0]], dtype=torch.float64)
+        >>> round(float(mix.log_prob(x, 1.0)[0]), 6)  # log N(m; m, I) = -log 2π
+        -1.837877
+        >>> mix.velocity(torch.zeros(1, 2, dtype=torch.float64), 0.0).tolist()  # E[x1 - x0 | x0 = 0]
+        [[3.0, 0.0]]
     """
 
     def __init__(self, weights, means, covs, base_mean=None, base_cov=None, *,

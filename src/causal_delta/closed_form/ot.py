@@ -26,8 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_shape
-from .._validation import check_spd
+from .._validation import check_shape, check_spd
 from ._common import Time, as_float_tensor, check_points, prepare_time, sym_fn
 
 __all__ = ["GaussianOT"]
@@ -54,6 +53,14 @@ class GaussianOT:
 
     Shapes: ``t`` a float / 0-dim tensor gives matrices ``(d, d)`` and means ``(d,)``; a tensor
     ``t (...,)`` gives ``(..., d, d)`` and ``(..., d)``.
+
+    Example:
+        From ``N(0, I)`` to ``N(0, 4I)`` the OT map is ``x ↦ 2x``, so ``A = 2I``:
+
+        >>> eye = torch.eye(2)
+        >>> ot = GaussianOT(torch.zeros(2), eye, torch.zeros(2), 4 * eye)
+        >>> ot.A.diagonal().tolist()
+        [2.0, 2.0]
     """
 
     def __init__(self, mean0: Tensor, cov0: Tensor, mean1: Tensor, cov1: Tensor, *,

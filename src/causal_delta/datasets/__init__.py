@@ -130,7 +130,7 @@ class SamplerSource(DataSource):
         cov = getattr(self, "cov", None)
         if isinstance(cov, Tensor) and cov.ndim == 2:
             sd = cov.diagonal().sqrt()
-            out.update(mean=getattr(self, "mean").tolist(), cov=cov.tolist(),
+            out.update(mean=self.mean.tolist(), cov=cov.tolist(),
                        corr=(cov / sd[:, None] / sd[None, :]).tolist())
         return out
 

@@ -269,7 +269,7 @@ def load_celeba(
     chosen = [files[i] for i in rows.tolist()]
     iterator = chosen
     if progress or (progress is None and len(chosen) >= 2000):
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar as tqdm  # tqdm is optional
 
         iterator = tqdm(chosen, desc=f"CelebA {split}", unit="img", dynamic_ncols=True, leave=False)
     images: Tensor | None = None  # filled in place: one copy of the data set in memory, not two

@@ -12,7 +12,8 @@
 
 Integer data (e.g. ``uint8`` pixels) is scaled to [-1, 1] by ``x / 127.5 - 1``; float data
 is kept as is, in float32, the models' dtype: a float64 table is cast, and ``describe()``
-(recorded in every checkpoint and JVP report) says so (``"cast": "float64 -> float32"``). ``standardize=True`` rescales tabular columns to mean 0, variance 1 (the
+(recorded in every checkpoint and JVP report) says so (``"cast": "float64 -> float32"``).
+``standardize=True`` rescales tabular columns to mean 0, variance 1 (the
 scale is recorded in ``source.shift`` / ``source.scale``).
 """
 
@@ -205,7 +206,7 @@ def image_folder_source(path: str | Path, *, size: int | tuple[int, int] | None 
     if isinstance(size, int):
         size = (size, size)
     arrays = []
-    for f, im in zip(files, images):
+    for _f, im in zip(files, images):
         im = im.convert(mode)
         if size is not None:
             im = im.resize((size[1], size[0]))

@@ -123,7 +123,7 @@ def gradient_variance(
     traces, means, losses = [], [], []
     grid = ts.tolist()
     if progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar as tqdm  # tqdm is optional
 
         grid = tqdm(grid, desc="gradient variance", unit="t", leave=False, dynamic_ncols=True)
     was_training = net.training

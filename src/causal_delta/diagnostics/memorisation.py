@@ -144,7 +144,7 @@ def jacobian_spectra(flow, points: Tensor, *, k: int, method: str, steps: int, s
     rows = []
     it = range(points.shape[0])
     if progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar as tqdm  # tqdm is optional
 
         it = tqdm(it, desc=desc, unit="point", leave=False, dynamic_ncols=True)
     for i in it:
@@ -204,7 +204,8 @@ def diagnose_memorisation(
     _check_targets("targets", targets)
     event = tuple(targets.shape[1:])
     if sources is not None and tuple(sources.shape) != tuple(targets.shape):
-        raise ValueError(f"sources must match targets row for row, got {tuple(sources.shape)} and {tuple(targets.shape)}")
+        raise ValueError(f"sources must match targets row for row, got {tuple(sources.shape)} and "
+                         f"{tuple(targets.shape)}")
     if heldout is not None:
         _check_targets("heldout", heldout)
         if tuple(heldout.shape[1:]) != event:
@@ -306,7 +307,8 @@ def write_memorisation_report(report: dict[str, Any], out_dir: str | Path) -> li
              f"{_fmt(own.get('median_other_distance'))} |",
              f"| nearest-copy ratio d1/d2, fresh sources (median; fraction < 1/3) | "
              f"{_fmt(report['fresh']['median_ratio'])}; {_fmt(report['fresh']['fraction_below_1/3'])} |",
-             f"| nearest distance / train spacing, fresh (median) | {_fmt(report['fresh']['median_nearest_over_spacing'])} |"]
+             "| nearest distance / train spacing, fresh (median) | "
+             f"{_fmt(report['fresh']['median_nearest_over_spacing'])} |"]
     for key in ("memorisation", "generalisation", "fresh_vs_train"):
         if key in mmd:
             lines.append(f"| MMD² {key}, unbiased; biased V-statistic (h = {mmd[key]['bandwidth']:.4g}) | "

@@ -114,7 +114,7 @@ def progress(iterable, *, desc: str, enabled: bool = True, total: int | None = N
     if not enabled:
         return iterable
     try:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar as tqdm  # tqdm is optional
     except ImportError:  # pragma: no cover
         return iterable
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
@@ -254,7 +254,8 @@ def write_report(
         "",
     ]
     figs = ["", "Figures: " + ", ".join(f"`{f}`" for f in figures)] if figures else []
-    _report.write_text(out_dir / "summary.md", "\n".join(head) + "\n" + summary.rstrip() + "\n" + "\n".join(figs) + "\n")
+    text = "\n".join(head) + "\n" + summary.rstrip() + "\n" + "\n".join(figs) + "\n"
+    _report.write_text(out_dir / "summary.md", text)
     return report
 
 

@@ -66,8 +66,8 @@ class Gaussian1DConfig(C.SizedConfig):
     size: str = "full"
 
     # CI size: half the paper's training (a few seconds on a CPU).
-    QUICK: ClassVar[dict[str, Any]] = dict(train_steps=1000, n_train=5000, solver_steps=20, n_eval=500, jacobian_times=5,
-                                              size="quick")
+    QUICK: ClassVar[dict[str, Any]] = dict(train_steps=1000, n_train=5000, solver_steps=20, n_eval=500,
+                                           jacobian_times=5, size="quick")
 
 
 def run_gaussian_1d(config: Gaussian1DConfig, out_dir: str | os.PathLike, *,

@@ -19,9 +19,19 @@ from __future__ import annotations
 from .directed import linear_scm_covariance, linear_scm_sample, triangular_stationary_drift
 from .fields import MaskedMLP, TimeFree, block_triangular_mask
 from .metrics import curl_2d, mean_abs_curl, mmd2, radius_stats
-from .objective import (DIVERGENCE_METHODS, PAIRINGS, SIMULATIONS, TIME_SAMPLINGS, divergence, dsm_loss,
-                        field_jacobian, field_jvp,
-                        flux_matching_loss, rademacher, stein_residual)
+from .objective import (
+    DIVERGENCE_METHODS,
+    PAIRINGS,
+    SIMULATIONS,
+    TIME_SAMPLINGS,
+    divergence,
+    dsm_loss,
+    field_jacobian,
+    field_jvp,
+    flux_matching_loss,
+    rademacher,
+    stein_residual,
+)
 from .reference import kde_score, kde_score_divergence, kde_score_jvp, kde_weights, ou_simulate, ou_step
 from .samplers import SampleResult, annealed_langevin, langevin
 from .train import OBJECTIVES, FitResult, fit_field

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .._compat import load_forward_ad
 from .._validation import check_positive_int
-from .reference import (check_bandwidth, kde_score, kde_score_jvp, kde_weights, ou_simulate)
+from .reference import check_bandwidth, kde_score, kde_score_jvp, kde_weights, ou_simulate
 
 __all__ = ["DIVERGENCE_METHODS", "PAIRINGS", "SIMULATIONS", "TIME_SAMPLINGS", "rademacher", "field_jvp",
            "field_jacobian", "divergence",

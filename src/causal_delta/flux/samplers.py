@@ -37,7 +37,7 @@ def _bar(n: int, desc: str, enabled: bool):
     if not enabled:
         return range(n)
     try:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar as tqdm  # tqdm is optional
     except ImportError:  # pragma: no cover
         return range(n)
     return tqdm(range(n), desc=desc, leave=False, dynamic_ncols=True)

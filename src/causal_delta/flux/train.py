@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 import torch
@@ -68,7 +69,7 @@ def fit_field(field: nn.Module, data: Tensor, *, objective: str = "flux", sigma:
     bar = range(steps)
     if progress:
         try:
-            from tqdm.auto import tqdm
+            from .._progress import progress_bar as tqdm  # tqdm is optional
 
             bar = tqdm(bar, desc=f"train {objective}", leave=False, dynamic_ncols=True)
         except ImportError:  # pragma: no cover

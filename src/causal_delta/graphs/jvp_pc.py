@@ -147,7 +147,7 @@ class ResponseOracle:
         starts = range(0, self.x0.shape[0], self.batch_size)
         if not self.progress:
             return starts
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar as tqdm  # tqdm is optional
 
         return tqdm(starts, desc=desc, leave=False, dynamic_ncols=True)
 

@@ -45,7 +45,8 @@ def plot_graphs(panels: Sequence[tuple[str, Any]], path: str | os.PathLike, *, h
         theirs = PDAG(g.nodes, other.directed, other.undirected, other.bidirected).marks() if other else {}
         for kind, edges in (("->", g.directed), ("--", g.undirected), ("<->", g.bidirected)):
             for a, b in edges:
-                differs = highlight and other is not None and mine.get(frozenset((a, b))) != theirs.get(frozenset((a, b)))
+                key = frozenset((a, b))
+                differs = highlight and other is not None and mine.get(key) != theirs.get(key)
                 style = {"->": "-|>", "--": "-", "<->": "<|-|>"}[kind]
                 ax.annotate("", xy=xy[b], xytext=xy[a],
                             arrowprops=dict(arrowstyle=style, color="tab:red" if differs else "0.2", lw=1.6,
