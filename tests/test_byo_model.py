@@ -271,7 +271,8 @@ def test_cli_diagnose_with_user_model_and_safetensors(nets, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("extra, message", [
     (["--model", "no_such_module_xyz:make"], "--model: cannot import 'no_such_module_xyz'"),
-    (["--model", "byo_nets:nothing"], "--model: module 'byo_nets' has no callable 'nothing'; its callables: .*make_cfm"),
+    (["--model", "byo_nets:nothing"],
+     "--model: module 'byo_nets' has no callable 'nothing'; its callables: .*make_cfm"),
     (["--model", "byo_nets"], "--model must be MODULE:FACTORY"),
     (["--model", "byo_nets:make_cfm", "--model-args", "{width: 3}"], "--model-args: expected a JSON object"),
     (["--model", "byo_nets:make_cfm", "--model-args", '{"depth": 3}'], "rejected --model-args"),

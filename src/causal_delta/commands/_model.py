@@ -86,6 +86,8 @@ def load_factory(spec: str):
                 raise FileNotFoundError(f"--model file not found: {path}")
             name = f"_causal_delta_model_{path.stem}"  # registered: dataclasses and pickle look modules up
             loader_spec = importlib.util.spec_from_file_location(name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise ValueError(f"--model: {path} cannot be loaded as a Python module")
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[name] = module
             loader_spec.loader.exec_module(module)

@@ -130,11 +130,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .._validation import check_positive_int
-    from ._model import load_velocity
     from ..likelihood import dequantize, log_likelihood
     from ..paths import GaussianSource
     from ..report import atomic_write_bytes, write_json, write_text
     from ..training import make_source, resolve_device
+    from ._model import load_velocity
 
     c = from_namespace(CONFIG, args)
     check_positive_int("--steps", c.steps)

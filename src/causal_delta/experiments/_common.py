@@ -286,7 +286,7 @@ def train_model(
 
     config = TrainConfig(data=data, data_args=dict(data_args or {}), preset=preset,
                          model_args=dict(model_args or {}), steps=steps, batch_size=batch_size, lr=lr,
-                         ema_decay=ema_decay, lr_schedule=lr_schedule, seed=seed, out_dir=str(Path(out_dir) / "train"),
-                         device=device)
+                         ema_decay=ema_decay, lr_schedule=lr_schedule,  # type: ignore[arg-type]
+                         seed=seed, out_dir=str(Path(out_dir) / "train"), device=device)
     result = train(config, progress=progress)
     return result.flow.eval(), result.losses, result.checkpoint

@@ -237,7 +237,7 @@ class VelocityAdapter(nn.Module):
         """``None`` when the module runs correctly in this form, else why not (one line)."""
         try:
             out = self._call(x, t, sig, form)
-        except Exception as exc:  # noqa: BLE001 - any failure of the user's module means: not this form
+        except Exception as exc:
             return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -245,7 +245,7 @@ class VelocityAdapter(nn.Module):
         if form in ("batch", "batch1"):  # row i must be the velocity at time t_i
             try:
                 rows = torch.stack([self._call(x, t[i].expand(x.shape[0]), sig, form)[i] for i in range(x.shape[0])])
-            except Exception as exc:  # noqa: BLE001 - as above
+            except Exception as exc:
                 return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
             tol = 1e-4 if x.dtype in (torch.float32, torch.float64) else 1e-2
             if not torch.allclose(rows, out, rtol=tol, atol=tol):
@@ -260,6 +260,7 @@ class VelocityAdapter(nn.Module):
             t = t.expand(x.shape[0])
         if self.signature is None or self.time is None:
             self.probe(x.shape[1:], dtype=x.dtype, device=x.device)
+        assert self.signature is not None and self.time is not None  # set by the probe
         return self._call(x, t, self.signature, self.time)
 
     def _forward_jvp(self, x: Tensor, t: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
@@ -269,7 +270,7 @@ class VelocityAdapter(nn.Module):
             raise ValueError("forward_jvp of a wrapped module is used only with a per-sample time (batch / batch1)")
         tt = t if self.time == "batch" else t.unsqueeze(1)
         cond = _expand_cond(self.cond, x)
-        fj = self.module.forward_jvp
+        fj: Any = self.module.forward_jvp
         return fj(x, tt, dx, **cond) if self.signature == "x,t" else fj(tt, x, dx, **cond)
 
     @property
