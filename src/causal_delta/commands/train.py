@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="mlp-small", help="model preset")
     parser.add_argument("--model-args", default="{}", help="JSON overrides of the preset")
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="global batch; under torchrun each of W processes takes batch/W rows of it")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     parser.add_argument("--warmup-steps", type=int, default=0)
@@ -35,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma", type=float, default=0.0, help="noise of the stochastic interpolant")
     parser.add_argument("--parametrization", choices=("velocity", "x1"), default="velocity")
     parser.add_argument("--t-sampling", choices=("uniform", "logit-normal"), default="uniform")
+    parser.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                        help="bf16: forward pass and loss under bfloat16 autocast (CUDA only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=0, help="0: only at the end")
     parser.add_argument("--keep-checkpoints", type=int, default=3, help="0 keeps all")
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, ema_decay=args.ema,
         grad_clip=args.grad_clip if args.grad_clip and args.grad_clip > 0 else None, sigma=args.sigma,
-        parametrization=args.parametrization, t_sampling=args.t_sampling, seed=args.seed,
+        parametrization=args.parametrization, t_sampling=args.t_sampling, precision=args.precision, seed=args.seed,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
         out_dir=args.out, device=args.device,
     )
@@ -114,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
         clip = f"now {args.grad_clip:g}" if args.grad_clip and args.grad_clip > 0 else "now off"
         raise FloatingPointError(f"training diverged: loss {exc.loss} at step {exc.step}; {kept}; try a "
                                  f"lower --lr (now {args.lr:g}) or --grad-clip ({clip})") from exc
+    from .. import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 reports for all
+        return 0
     tail = result.losses[-min(50, len(result.losses)):]
     new = result.step - result.resumed_from
     if result.resumed_from and new == 0:
@@ -123,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
               f"on {result.device} in {result.seconds:.1f} s; mean loss of the last {len(tail)} steps "
               f"{sum(tail) / max(len(tail), 1):.5f}")
     else:
-        print(f"trained {result.step} steps on {result.device} in {result.seconds:.1f} s; "
+        where = result.device if result.world_size == 1 else f"{result.world_size} processes ({result.device} on rank 0)"
+        print(f"trained {result.step} steps on {where} in {result.seconds:.1f} s; "
               f"mean loss of the last {len(tail)} steps {sum(tail) / max(len(tail), 1):.5f}")
     print(f"checkpoint: {result.checkpoint}")
     return 0
