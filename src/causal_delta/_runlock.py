@@ -171,7 +171,8 @@ def output_locks(outputs) -> Iterator[None]:
     """Hold :func:`output_lock` on every output (``.path``, ``.kind``, ``.arg``) for the block.
 
     Under ``torchrun`` (:mod:`causal_delta.distributed`) only rank 0 takes the locks; every rank
-    learns whether it got them, so that all stop together when another process holds one.
+    learns whether it got them, so that all stop together when another process holds one. In a
+    single process this imports nothing (a second writer stops before torch loads).
 
     Raises:
         OutputInUseError, OSError: as :func:`output_lock` (on rank 0); ``OSError`` on the

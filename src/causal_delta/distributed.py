@@ -23,10 +23,12 @@ the same order; files are written by rank 0 only (:func:`is_main`).
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 __all__ = ["launched", "init", "shutdown", "is_distributed", "rank", "local_rank", "world_size", "is_main",
            "barrier", "shard", "all_gather", "all_reduce", "broadcast_object", "device"]
@@ -42,9 +44,8 @@ def launched() -> bool:
 
 def is_distributed() -> bool:
     """Whether a process group is up (``init`` was called under ``torchrun``, or by the caller)."""
-    import torch.distributed as tdist
-
-    return tdist.is_available() and tdist.is_initialized()
+    tdist = sys.modules.get("torch.distributed")  # not imported yet: no group, and no torch import
+    return tdist is not None and tdist.is_available() and tdist.is_initialized()
 
 
 def init(backend: str | None = None) -> bool:
@@ -65,6 +66,7 @@ def init(backend: str | None = None) -> bool:
         return True
     if not launched():
         return False
+    import torch
     import torch.distributed as tdist
 
     r, w, lr = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
@@ -129,6 +131,8 @@ def device(requested: str | torch.device = "auto") -> torch.device:
     Raises:
         ValueError: an explicit ``cuda:N`` under several processes (each rank must own a GPU).
     """
+    import torch
+
     from .training import resolve_device
 
     dev = resolve_device(requested)
@@ -165,6 +169,7 @@ def all_gather(tensor: Tensor) -> Tensor:
     w = world_size()
     if w == 1:
         return tensor
+    import torch
     import torch.distributed as tdist
 
     t = tensor.contiguous()

@@ -2,6 +2,10 @@
 
 Writes ``responses.npz`` (``responses`` (n·P, m), ``sample_index``, ``features`` / ``names``) and
 ``report.json`` (configuration, checkpoint info, solver cost, timings) under ``--out``.
+
+Sample ``i``'s ``x0`` and probes depend on ``(--seed, i)`` only (:mod:`causal_delta._rng`), so the
+responses are the same at any ``--batch-size`` and under ``torchrun --nproc-per-node W``, where
+each rank computes a contiguous block of samples and rank 0 gathers and writes them.
 """
 
 from __future__ import annotations
@@ -127,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from .. import _rng, distributed as dist, report
     from .. import jvp as J
-    from .. import report
     from .._validation import check_positive_int
     from ..checkpoint import load_flow
 
@@ -163,17 +167,29 @@ def run(args: argparse.Namespace) -> int:
     if names is None:
         names = feature_labels(features, event, (info.get("data") or {}).get("feature_names"))
 
-    # Draw in float64 whatever --dtype is, then cast: the same --seed gives the same (x0, z)
-    # pairs (to float32 rounding) in float32 and float64, so runs compare sample by sample.
-    gen = torch.Generator().manual_seed(args.seed)
-    x0 = torch.randn(args.n, *event, generator=gen, dtype=torch.float64).to(dtype)
-    z = J.make_probes(args.n, event, probes=args.probes, kind=args.probe_kind,
-                      normalize=not args.no_normalize, generator=gen, dtype=torch.float64).to(dtype)
+    # Sample i's x0 and probes are a function of (--seed, i) only (counter-based draws), so the
+    # responses do not depend on --batch-size or on the number of torchrun processes: each rank
+    # computes its block of samples and rank 0 gathers them. Drawn in float64 whatever --dtype
+    # is, then cast: float32 and float64 runs compare sample by sample.
+    if args.n < dist.world_size():
+        raise ValueError(f"-n ({args.n}) must be at least the number of processes ({dist.world_size()})")
+    mine = dist.shard(args.n)
+    x0 = _rng.normal(args.seed, "x0", mine, event).to(dtype)
+    z = _rng.probes(args.seed, mine, event, probes=args.probes, kind=args.probe_kind,
+                    normalize=not args.no_normalize).to(dtype)
     start = time.perf_counter()
     res = J.attribute_jvp(velocity, x0, z, classifier=classifier, features=features, mode=args.method,
                           eps=args.eps, method=args.solver, steps=args.steps, batch_size=args.batch_size)
     elapsed = time.perf_counter() - start
-    dy = res.responses.detach().cpu().double().numpy()
+    dy = dist.all_gather(res.responses.detach().cpu().double()).numpy()
+    sample_index = dist.all_gather(res.sample_index.cpu() + mine.start).numpy()
+    nfe_total = int(dist.all_reduce(torch.tensor(res.nfe_total), "sum"))
+    batches = int(dist.all_reduce(torch.tensor(-(-len(mine) // args.batch_size)), "sum"))
+    if args.save_samples:
+        x0 = dist.all_gather(x0.cpu())
+        samples = None if res.samples is None else dist.all_gather(res.samples.detach().cpu())
+    if not dist.is_main():  # rank 0 writes for all
+        return 0
     m = dy.shape[1]
     if names is None or len(names) != m:
         names = [f"logit {k}" for k in range(m)]
@@ -184,16 +200,16 @@ def run(args: argparse.Namespace) -> int:
         truth = full[np.ix_(features, features)]
     arrays = {
         "responses": dy,
-        "sample_index": res.sample_index.cpu().numpy(),
+        "sample_index": sample_index,
         "names": np.array(names),
         "features": np.array(features if features is not None else [], dtype=np.int64),
     }
     if truth is not None:
         arrays["truth_corr"] = truth
     if args.save_samples:
-        arrays["x0"] = x0.cpu().numpy()
-        if res.samples is not None:
-            arrays["samples"] = res.samples.detach().cpu().numpy()
+        arrays["x0"] = x0.numpy()
+        if samples is not None:
+            arrays["samples"] = samples.numpy()
     out.mkdir(parents=True, exist_ok=True)
     npz_path = out / "responses.npz"
     tmp = out / ".responses.tmp.npz"
@@ -215,8 +231,9 @@ def run(args: argparse.Namespace) -> int:
         "features": features,
         "names": names,
         "eps": res.eps,
+        "processes": dist.world_size(),
         "solver": {"method": args.solver, "steps": int(res.grid.numel() - 1), "nfe": res.nfe,
-                   "nfe_total": res.nfe_total, "batches": -(-args.n // args.batch_size),
+                   "nfe_total": nfe_total, "batches": batches,
                    "nfe_note": "nfe: velocity evaluations per solve (one batch through the grid; "
                                "forward mode counts a primal+tangent call as one); nfe_total: all "
                                "batches together"},

@@ -63,20 +63,31 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from .. import _rng, distributed as dist
     from .._validation import check_positive_int
     from ..checkpoint import load_flow
+    from ..paths import GaussianSource
     from ..report import atomic_write_bytes
     from ..solvers import sample
-    from ..training import make_source, resolve_device
+    from ..training import make_source
 
     check_positive_int("num_samples", args.num_samples)
     check_positive_int("steps", args.steps)
     check_positive_int("batch_size", args.batch_size)
-    device = resolve_device(args.device)
+    device = dist.device(args.device)
     flow, info = load_flow(args.checkpoint, use_ema=not args.no_ema, device=device)
     source = make_source(info["train_config"], info["event_shape"])
-    x0 = source(args.num_samples, torch.Generator().manual_seed(args.seed)).to(device)
-    x = sample(flow, x0, method=args.solver, steps=args.steps, batch_size=args.batch_size).cpu()
+    # Sample i's x0 depends on (--seed, i) only (the same x0 as `jvp` sample i), so under torchrun
+    # each rank integrates its block of samples; rank 0 gathers and writes them.
+    mine = dist.shard(args.num_samples)
+    if isinstance(source, GaussianSource):
+        x0 = _rng.normal(args.seed, "x0", mine, info["event_shape"]).to(torch.float32)
+    else:  # a data source draws sequentially: every rank draws all and keeps its block
+        x0 = source(args.num_samples, torch.Generator().manual_seed(args.seed))[mine.start:mine.stop]
+    x = sample(flow, x0.to(device), method=args.solver, steps=args.steps, batch_size=args.batch_size).cpu()
+    x = dist.all_gather(x)
+    if not dist.is_main():
+        return 0
     buf = io.BytesIO()
     np.save(buf, x.numpy())
     out = atomic_write_bytes(Path(args.out), buf.getvalue())
