@@ -24,6 +24,8 @@ assert dist.init()  # one process group for the whole worker (the CLI leaves it 
 # `jvp` of the checkpoint that `torchrun -m causal_delta.cli train` wrote: rank 0 locks, gathers, writes.
 assert cli.main(["jvp", "--checkpoint", f"{root}/cli_train", "-n", "7", "--probes", "2", "--steps", "3",
                  "--batch-size", "2", "--dtype", "float64", "--save-samples", "--out", f"{root}/jvp_2"]) == 0
+assert cli.main(["sample", "--checkpoint", f"{root}/cli_train", "-n", "7", "--steps", "3", "--batch-size", "3",
+                 "--device", "cpu", "--out", f"{root}/samples_2.npy"]) == 0
 full = train(small_config(f"{root}/ddp", steps=6), progress=False)
 train(small_config(f"{root}/ddp_resume", steps=3), progress=False)
 resumed = train(small_config(f"{root}/ddp_resume", steps=6), resume=True, progress=False)

@@ -81,7 +81,8 @@ def test_counter_based_normals_are_standard_normal():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Single-process reference runs, then the 2-process torchrun worker."""
+    """Single-process reference runs, then two torchrun launches (most of this file's time: each
+    starts three interpreters that import torch)."""
     root = tmp_path_factory.mktemp("ddp")
     single = train(small_config(root / "single"), progress=False)
     torch.manual_seed(0)
@@ -142,7 +143,7 @@ def test_gather_and_reduce_across_ranks(runs):
 def test_cli_under_torchrun_rank_0_writes_and_prints(runs):
     root, _, _, _, stdout = runs
     assert stdout.count("trained 4 steps on 2 processes") == 1, stdout
-    assert stdout.count("wrote ") == 1, stdout  # jvp: one report, from rank 0
+    assert stdout.count("wrote ") == 2, stdout  # jvp and sample: one line each, from rank 0
     assert load_checkpoint(root / "cli_train").meta["world_size"] == 2
     assert not (root / "cli_train" / ".causal-delta.lock").exists()
 
@@ -161,3 +162,13 @@ def test_jvp_from_two_processes_equals_one_process_at_any_batch_size(runs, tmp_p
     np.testing.assert_allclose(two["samples"], one["samples"], rtol=1e-12, atol=1e-14)
     rep = json.loads((root / "jvp_2" / "report.json").read_text())
     assert rep["processes"] == 2 and rep["solver"]["batches"] == 4  # shards of 3 and 4 in batches of 2
+
+
+def test_sample_from_two_processes_equals_one_process(runs, tmp_path):
+    root = runs[0]
+    out = tmp_path / "samples_1.npy"
+    assert cli.main(["sample", "--checkpoint", str(root / "cli_train"), "-n", "7", "--steps", "3", "--batch-size", "7",
+                     "--device", "cpu", "--out", str(out)]) == 0
+    one, two = np.load(out), np.load(root / "samples_2.npy")
+    assert one.shape == two.shape == (7, 2)
+    np.testing.assert_allclose(two, one, rtol=1e-6, atol=1e-7)  # float32, batches of 3 and 4 against 7

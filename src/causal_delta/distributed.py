@@ -81,10 +81,11 @@ def init(backend: str | None = None) -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group (no-op when none is up)."""
+    """Leave the process group once every rank is here (no-op when none is up)."""
     if is_distributed():
         import torch.distributed as tdist
 
+        tdist.barrier()  # a rank that left early would break its peers' last collectives
         tdist.destroy_process_group()
 
 
