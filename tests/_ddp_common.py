@@ -7,9 +7,9 @@ from causal_delta.training import TrainConfig
 
 
 def small_config(out_dir, **kw) -> TrainConfig:
-    base = dict(data="gaussian", preset="mlp-small", model_args={"hidden": 16, "depth": 2}, steps=6,
-                batch_size=8, lr=1e-2, ema_decay=0.9, sigma=0.05, checkpoint_every=3, keep_checkpoints=0,
-                device="cpu", out_dir=str(out_dir))
+    base = {"data": "gaussian", "preset": "mlp-small", "model_args": {"hidden": 16, "depth": 2}, "steps": 6,
+            "batch_size": 8, "lr": 1e-2, "ema_decay": 0.9, "sigma": 0.05, "checkpoint_every": 3,
+            "keep_checkpoints": 0, "device": "cpu", "out_dir": str(out_dir)}
     base.update(kw)
     return TrainConfig(**base)
 

@@ -16,7 +16,7 @@ from causal_delta import distributed as dist
 from causal_delta.training import train
 
 sys.path.insert(0, __file__.rpartition("/")[0])
-from _ddp_common import small_config, UserNet, user_data  # noqa: E402
+from _ddp_common import UserNet, small_config, user_data
 
 root = sys.argv[1]
 torch.set_num_threads(1)

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from _ddp_common import UserNet, small_config, user_data
 from torch import nn
 
-from _ddp_common import UserNet, small_config, user_data
 from causal_delta import distributed
 from causal_delta.checkpoint import CheckpointError, load_checkpoint, load_flow
 from causal_delta.paths import LinearPath
-from causal_delta.training import TrainConfig, flow_matching_loss, train
+from causal_delta.training import flow_matching_loss, train
 
 
 def test_flow_matching_loss_is_the_mean_squared_error_against_the_path_target():
@@ -16,7 +16,7 @@ def test_flow_matching_loss_is_the_mean_squared_error_against_the_path_target():
     x0, x1, t, eps = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(4))
     t = t[:, 0].sigmoid()
     net = nn.Linear(3, 3).double()
-    model = lambda x, s: net(x) * s[:, None]  # noqa: E731
+    model = lambda x, s: net(x) * s[:, None]
     for sigma, param in ((0.0, "velocity"), (0.1, "x1")):
         loss = flow_matching_loss(model, x0, x1, t, LinearPath(sigma, param), noise=eps)
         x_t = (1 - t[:, None]) * x0 + t[:, None] * x1 + sigma * eps  # by hand, MATH.md §1
@@ -88,7 +88,7 @@ def test_preset_with_own_data_tensor(tmp_path):
     res = train(None, user_data(), small_config(tmp_path, steps=2), progress=False)
     assert res.config.preset == "mlp-small" and load_checkpoint(res.checkpoint).meta["model_source"] == {
         "kind": "preset", "preset": "mlp-small"}
-    flow, info = load_flow(res.checkpoint)
+    _, info = load_flow(res.checkpoint)
     assert info["event_shape"] == (3,)
 
 

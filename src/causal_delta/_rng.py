@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["STREAMS", "normal", "rademacher", "probes"]
+__all__ = ["STREAMS", "normal", "probes", "rademacher"]
 
 STREAMS = {"x0": 0, "probes": 1}
 """Named streams: the source points ``x0`` of ``sample`` / ``jvp`` and the probe directions."""

@@ -30,8 +30,22 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-__all__ = ["launched", "init", "shutdown", "is_distributed", "rank", "local_rank", "world_size", "is_main",
-           "barrier", "shard", "all_gather", "all_reduce", "broadcast_object", "device"]
+__all__ = [
+    "all_gather",
+    "all_reduce",
+    "barrier",
+    "broadcast_object",
+    "device",
+    "init",
+    "is_distributed",
+    "is_main",
+    "launched",
+    "local_rank",
+    "rank",
+    "shard",
+    "shutdown",
+    "world_size",
+]
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _REDUCE_OPS = ("sum", "mean", "min", "max")

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .. import _rng, distributed as dist, report
+    from .. import _rng, report
+    from .. import distributed as dist
     from .. import jvp as J
     from .._validation import check_positive_int
     from ..checkpoint import load_flow

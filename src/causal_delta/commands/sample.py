@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .. import _rng, distributed as dist
+    from .. import _rng
+    from .. import distributed as dist
     from .._validation import check_positive_int
     from ..checkpoint import load_flow
     from ..paths import GaussianSource

@@ -18,6 +18,6 @@ from .config import COUPLINGS, LR_SCHEDULES, PRECISIONS, T_SAMPLINGS, TrainConfi
 from .loop import TrainingDiverged, TrainingInterrupted, TrainResult, train
 from .loss import flow_matching_loss, sample_t
 
-__all__ = ["T_SAMPLINGS", "COUPLINGS", "LR_SCHEDULES", "PRECISIONS", "TrainConfig", "learning_rate", "TrainResult",
-           "TrainingDiverged", "TrainingInterrupted", "resolve_device", "make_source", "train",
-           "flow_matching_loss", "sample_t", "DatasetSource"]
+__all__ = ["COUPLINGS", "LR_SCHEDULES", "PRECISIONS", "T_SAMPLINGS", "DatasetSource", "TrainConfig", "TrainResult",
+           "TrainingDiverged", "TrainingInterrupted", "flow_matching_loss", "learning_rate", "make_source",
+           "resolve_device", "sample_t", "train"]

@@ -13,7 +13,7 @@ from ..datasets import DataSource, TensorSource
 from ..paths import GaussianSource
 from .config import TrainConfig
 
-__all__ = ["DatasetSource", "as_data_source", "make_source", "build_model", "check_model", "model_record"]
+__all__ = ["DatasetSource", "as_data_source", "build_model", "check_model", "make_source", "model_record"]
 
 
 class DatasetSource(DataSource):

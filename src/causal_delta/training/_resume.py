@@ -9,7 +9,7 @@ import torch
 
 from .config import FIELD_DEFAULTS_BEFORE, RESUMABLE_CHANGES
 
-__all__ = ["rng_state", "set_rng_state", "find_resume", "check_resumable"]
+__all__ = ["check_resumable", "find_resume", "rng_state", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:

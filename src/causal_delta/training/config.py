@@ -8,8 +8,15 @@ from typing import Any
 
 from .._validation import check_nonnegative, check_positive_int
 
-__all__ = ["T_SAMPLINGS", "COUPLINGS", "LR_SCHEDULES", "PRECISIONS", "TrainConfig", "learning_rate",
-           "resolve_device"]
+__all__ = [
+    "COUPLINGS",
+    "LR_SCHEDULES",
+    "PRECISIONS",
+    "T_SAMPLINGS",
+    "TrainConfig",
+    "learning_rate",
+    "resolve_device",
+]
 
 T_SAMPLINGS = ("uniform", "logit-normal")
 COUPLINGS = ("independent", "fixed")
