@@ -117,7 +117,7 @@ def test_ddp_training_equals_single_process(runs):
     assert load_checkpoint(root / "ddp").meta["world_size"] == 2
 
 
-def test_resume_under_ddp_is_exact_and_takes_a_one_process_checkpoint(runs):
+def test_resume_under_ddp_is_exact_and_across_world_sizes(runs, tmp_path):
     root, single, _, ddp, _ = runs
     assert ddp["resumed_from"] == 3 and ddp["resumed"] == ddp["full"]  # bit for bit
     (w1, e1), (w2, e2) = _weights(root / "ddp"), _weights(root / "ddp_resume")
@@ -125,6 +125,11 @@ def test_resume_under_ddp_is_exact_and_takes_a_one_process_checkpoint(runs):
     # Three steps in one process, three more in two: the one-process run to float tolerance.
     assert ddp["from_one"][:3] == single.losses[:3]
     np.testing.assert_allclose(ddp["from_one"], single.losses, rtol=1e-5)
+    # And back: a checkpoint written by two processes, continued by one.
+    from_two = train(small_config(tmp_path / "from_two"), resume=root / "ddp_resume" / "checkpoints" / "step-00000003",
+                     progress=False)
+    assert from_two.resumed_from == 3 and from_two.losses[:3] == ddp["full"][:3]
+    np.testing.assert_allclose(from_two.losses, single.losses, rtol=1e-5)
 
 
 def test_user_module_and_raw_tensor_train_under_ddp(runs):

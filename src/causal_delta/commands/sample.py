@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     source = make_source(info["train_config"], info["event_shape"])
     # Sample i's x0 depends on (--seed, i) only (the same x0 as `jvp` sample i), so under torchrun
     # each rank integrates its block of samples; rank 0 gathers and writes them.
+    if args.num_samples < dist.world_size():
+        raise ValueError(f"-n ({args.num_samples}) must be at least the number of processes ({dist.world_size()})")
     mine = dist.shard(args.num_samples)
     if isinstance(source, GaussianSource):
         x0 = _rng.normal(args.seed, "x0", mine, info["event_shape"]).to(torch.float32)
