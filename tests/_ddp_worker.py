@@ -24,6 +24,7 @@ assert dist.init()  # one process group for the whole worker (the CLI leaves it 
 # `jvp` of the checkpoint that `torchrun -m causal_delta.cli train` wrote: rank 0 locks, gathers, writes.
 assert cli.main(["jvp", "--checkpoint", f"{root}/cli_train", "-n", "7", "--probes", "2", "--steps", "3",
                  "--batch-size", "2", "--dtype", "float64", "--save-samples", "--out", f"{root}/jvp_2"]) == 0
+assert cli.main(["mixture", "--out", f"{root}/mixture"]) == 2  # not a multi-process command: refused
 assert cli.main(["sample", "--checkpoint", f"{root}/cli_train", "-n", "7", "--steps", "3", "--batch-size", "3",
                  "--device", "cpu", "--out", f"{root}/samples_2.npy"]) == 0
 full = train(small_config(f"{root}/ddp", steps=6), progress=False)

@@ -98,6 +98,9 @@ def runs(tmp_path_factory):
     worker = subprocess.run([*torchrun, str(HERE / "_ddp_worker.py"), str(root)], env=env, capture_output=True,
                             text=True, timeout=600, check=False)
     assert worker.returncode == 0, worker.stderr[-4000:]
+    assert worker.stderr.count("causal-delta mixture: error: mixture runs in one process; launch it without "
+                               "torchrun (under torchrun: train, sample, jvp)") == 1, worker.stderr[-3000:]
+    assert worker.stderr.count("causal-delta mixture (rank 1): error: mixture runs in one process") == 1
     return root, single, user, json.loads((root / "ddp.json").read_text()), proc.stdout + worker.stdout
 
 

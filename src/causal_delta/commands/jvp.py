@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "parse_features", "feature_labels"]
+__all__ = ["HELP", "DISTRIBUTED", "DESCRIPTION", "add_arguments", "outputs", "run", "parse_features", "feature_labels"]
 
 MAX_IDENTITY_FEATURES = 64
 """Without --features or --classifier, samples of at most this many coordinates are read whole."""
 
 HELP = "JVP responses of a trained flow (pixels or classifier logits) to random latent probes"
+DISTRIBUTED = True
+"""Runs under ``torchrun`` (ranks share the work; rank 0 writes and prints)."""
 DESCRIPTION = (
     "Push random probes z through the generator f of a trained flow and record "
     "Δy = J_{C∘f}(x0) z for selected pixels (--features) or the logits of a classifier "

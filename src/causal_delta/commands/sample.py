@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HELP", "add_arguments", "outputs", "run"]
+__all__ = ["HELP", "DISTRIBUTED", "add_arguments", "outputs", "run"]
 
 HELP = "generate samples from a checkpoint (.npy, optional PNG)"
+DISTRIBUTED = True
+"""Runs under ``torchrun`` (ranks share the work; rank 0 writes and prints)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

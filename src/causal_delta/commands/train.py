@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["HELP", "add_arguments", "outputs", "run"]
+__all__ = ["HELP", "DISTRIBUTED", "add_arguments", "outputs", "run"]
 
 HELP = "train a flow-matching model (checkpoints with exact resume)"
+DISTRIBUTED = True
+"""Runs under ``torchrun`` (ranks share the work; rank 0 writes and prints)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
