@@ -118,6 +118,8 @@ def build_model(config: TrainConfig, event_shape: tuple[int, ...]) -> nn.Module:
     """The preset network ``config.preset`` for samples of ``event_shape``, checked on one batch."""
     from ..models import build_model as build_preset
 
+    if config.preset is None:
+        raise ValueError("preset is None, which means a user-defined model: pass it, train(model, data, config)")
     what = f"preset {config.preset!r} (data {config.data!r})"
     try:
         model = build_preset(config.preset, event_shape=event_shape, **config.model_args)
@@ -136,6 +138,7 @@ def model_record(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
     checkpoint alone; loading needs the module (``--model module:factory --weights``).
     """
     if config.preset is not None:
-        return {"model_config": asdict(model.config), "model_source": {"kind": "preset", "preset": config.preset}}
+        preset_config: Any = model.config  # a dataclass on every preset network
+        return {"model_config": asdict(preset_config), "model_source": {"kind": "preset", "preset": config.preset}}
     cls = type(model)
     return {"model_config": None, "model_source": {"kind": "user", "class": f"{cls.__module__}.{cls.__qualname__}"}}

@@ -258,7 +258,7 @@ def train(
             check_model(module, event_shape, f"model {type(module).__name__}")
         module = module.to(device)
         generator = torch.Generator().manual_seed(config.seed)
-        optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, betas=tuple(config.betas),
+        optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, betas=(config.betas[0], config.betas[1]),
                                       weight_decay=config.weight_decay)
         ema: dict[str, Tensor] | None = None
         if config.ema_decay is not None:
@@ -271,7 +271,7 @@ def train(
             check_resumable(config, ckpt.train_config, ckpt.path, ckpt.step, extend)
             module.load_state_dict(ckpt.model_state)
             optimizer.load_state_dict(ckpt.train_state["optimizer"])
-            if ema is not None:
+            if ema is not None and ckpt.ema_state is not None:  # the config check matched ema_decay
                 ema = {k: v.to(device) for k, v in ckpt.ema_state.items()}
             generator.set_state(ckpt.train_state["generator"])
             set_rng_state(ckpt.train_state["rng"])
@@ -337,7 +337,7 @@ def train(
                     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
                 if ema is not None:
-                    decay = min(config.ema_decay, (1.0 + step) / (10.0 + step))
+                    decay = min(float(config.ema_decay or 0.0), (1.0 + step) / (10.0 + step))
                     with torch.no_grad():
                         for k, v in module.state_dict().items():
                             if v.is_floating_point():
