@@ -120,3 +120,13 @@ class _Squash(UserNet):
 
     def forward(self, x, t):
         return super().forward(x, t)[:, :2]
+
+
+def test_cli_refuses_bf16_on_the_cpu(tmp_path, capsys):
+    from causal_delta import cli
+
+    assert cli.main(["train", "--precision", "bf16", "--device", "cpu", "--steps", "1", "--no-progress",
+                     "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("causal-delta train: error: precision 'bf16' (autocast) runs on CUDA only, and this run is on "
+                   "cpu; use precision 'float32' on the CPU")
