@@ -130,3 +130,19 @@ def test_cli_refuses_bf16_on_the_cpu(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("causal-delta train: error: precision 'bf16' (autocast) runs on CUDA only, and this run is on "
                    "cpu; use precision 'float32' on the CPU")
+
+
+def test_the_shape_check_leaves_batch_norm_statistics_alone(tmp_path):
+    class Normed(UserNet):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.BatchNorm1d(3)
+
+        def forward(self, x, t):
+            return super().forward(self.norm(x), t)
+
+    model = Normed()
+    train(model, user_data(), small_config(tmp_path, steps=1, ema_decay=None), progress=False,
+          callback=lambda step, loss: None)
+    # One training batch of 8 rows moved the running mean; the zeros of the shape check did not add a step.
+    assert int(model.norm.num_batches_tracked) == 1

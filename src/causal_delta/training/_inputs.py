@@ -100,14 +100,20 @@ def make_source(config: TrainConfig | dict[str, Any], event_shape: tuple[int, ..
 
 
 def check_model(model: nn.Module, event_shape: tuple[int, ...], what: str) -> None:
-    """Run ``model`` once on zeros ``(2, *event_shape)``: a wrong shape fails here, clearly."""
+    """Run ``model`` once on zeros ``(2, *event_shape)``: a wrong shape fails here, clearly.
+
+    In eval mode and without gradients, so that the check leaves no trace (batch-norm statistics).
+    """
+    was_training = model.training
     with torch.no_grad():
         param = next(model.parameters(), None)
         probe = torch.zeros((2, *event_shape), device=None if param is None else param.device)
         try:
-            out = model(probe, torch.full((2,), 0.5, device=probe.device))
+            out = model.eval()(probe, torch.full((2,), 0.5, device=probe.device))
         except (RuntimeError, ValueError, TypeError) as exc:
             raise ValueError(f"data with event shape {tuple(event_shape)} does not fit {what}: {exc}") from exc
+        finally:
+            model.train(was_training)
         if not isinstance(out, Tensor) or out.shape != probe.shape:
             got = tuple(out.shape[1:]) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"data with event shape {tuple(event_shape)} does not fit {what}: model output "
