@@ -34,7 +34,9 @@ resumed = train(small_config(f"{root}/ddp_resume", steps=6), resume=True, progre
 from_one = train(small_config(f"{root}/from_one", steps=6), resume=f"{root}/single/checkpoints/step-00000003",
                  progress=False)
 torch.manual_seed(0)
-user = train(UserNet(), user_data(), small_config(f"{root}/ddp_user", steps=4), progress=False)
+# A user's module on a torch Dataset: each rank reads only its rows' items.
+user = train(UserNet(), torch.utils.data.TensorDataset(user_data()), small_config(f"{root}/ddp_user", steps=4),
+             progress=False)
 # jvp-style sharding helpers: each rank's block, gathered in rank order.
 mine = dist.shard(7)
 gathered = dist.all_gather(torch.arange(7.0)[mine.start:mine.stop] * 2)

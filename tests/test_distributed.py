@@ -135,12 +135,13 @@ def test_resume_under_ddp_is_exact_and_across_world_sizes(runs, tmp_path):
     np.testing.assert_allclose(from_two.losses, single.losses, rtol=1e-5)
 
 
-def test_user_module_and_raw_tensor_train_under_ddp(runs):
+def test_user_module_and_dataset_train_under_ddp(runs):
+    # The single-process run trained on the raw tensor: a Dataset of it draws the same rows.
     root, _, user, ddp, _ = runs
     np.testing.assert_allclose(ddp["user"], user.losses, rtol=1e-5)
     meta = load_checkpoint(root / "ddp_user").meta
     assert meta["model_source"] == {"kind": "user", "class": "_ddp_common.UserNet"}
-    assert meta["train_config"]["preset"] is None and meta["train_config"]["data"] == "user:tensor"
+    assert meta["train_config"]["preset"] is None and meta["train_config"]["data"] == "user:TensorDataset"
 
 
 def test_gather_and_reduce_across_ranks(runs):

@@ -8,7 +8,7 @@ from torch import nn
 from causal_delta import distributed
 from causal_delta.checkpoint import CheckpointError, load_checkpoint, load_flow
 from causal_delta.paths import LinearPath
-from causal_delta.training import flow_matching_loss, train
+from causal_delta.training import DatasetSource, flow_matching_loss, train
 
 
 def test_flow_matching_loss_is_the_mean_squared_error_against_the_path_target():
@@ -82,6 +82,9 @@ def test_a_torch_dataset_draws_the_same_rows_as_its_tensor(tmp_path):
         runs.append(train(UserNet(), d, small_config(tmp_path / name, steps=3), progress=False))
     assert runs[0].losses == runs[1].losses
     assert runs[1].config.data == "user:TensorDataset"
+    source = DatasetSource(labelled)  # a DDP rank reads only its rows of the same draw
+    part = source.sample(8, torch.Generator().manual_seed(3), rows=slice(2, 5))
+    assert torch.equal(part, source.sample(8, torch.Generator().manual_seed(3))[2:5])
 
 
 def test_preset_with_own_data_tensor(tmp_path):

@@ -49,9 +49,11 @@ class DatasetSource(DataSource):
     def __len__(self) -> int:
         return self.size
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, *, rows: slice | None = None) -> Tensor:
+        """``n`` items drawn with replacement; with ``rows``, the same draw but only ``rows`` of it
+        are read (a DDP rank's share of the global batch): ``sample(n, g, rows=r) == sample(n, g)[r]``."""
         idx = torch.randint(0, self.size, (n,), generator=generator)
-        return torch.stack([self._item(int(i)) for i in idx])
+        return torch.stack([self._item(int(i)) for i in idx[slice(None) if rows is None else rows]])
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "size": self.size, "dtype": "float32"}

@@ -20,8 +20,9 @@ rank draws the same global batch from the same generator and keeps its block of
 gradients, which is the gradient of the global batch's mean loss. So ``W`` processes take the
 steps of one process to float rounding, the generator state means the same at every world size
 (a checkpoint resumes under any ``W``), and the EMA, identical on every rank, is saved by rank 0,
-which writes every checkpoint while the others wait. Each rank draws the whole batch (cheap
-next to the network for in-memory data) so that nothing depends on ``W``.
+which writes every checkpoint while the others wait. Each rank draws the whole batch's random
+numbers (cheap next to the network) so that nothing depends on ``W``; a torch ``Dataset`` reads
+only the items of the rank's rows.
 
 Resuming with a different total ``steps``: with the constant schedule the run simply goes on
 (bit-exact with an uninterrupted run of the new total). The cosine schedule depends on the
@@ -50,7 +51,14 @@ from torch import Tensor, nn
 
 from .. import distributed as dist
 from ..paths import LinearPath, VelocityField
-from ._inputs import as_data_source, build_model, check_model, make_source, model_record
+from ._inputs import (
+    DatasetSource,
+    as_data_source,
+    build_model,
+    check_model,
+    make_source,
+    model_record,
+)
 from ._resume import check_resumable, find_resume, rng_state, set_rng_state
 from .config import TrainConfig, learning_rate
 from .loss import flow_matching_loss, sample_t
@@ -318,15 +326,20 @@ def train(
                 # The global batch, drawn identically on every rank; this rank keeps `rows`.
                 if source is None:  # fixed coupling: one index draw keeps each pair together
                     x0, x1 = data.sample_pairs(config.batch_size, generator)
+                    x1 = x1[rows]
+                elif isinstance(data, DatasetSource):  # same draw, but only this rank's items are read
+                    x1 = data.sample(config.batch_size, generator, rows=rows)
+                    x0 = source(config.batch_size, generator)
                 else:
-                    x1 = data.sample(config.batch_size, generator)
+                    x1 = data.sample(config.batch_size, generator)[rows]
                     x0 = source(config.batch_size, generator)
                 t = sample_t(config.t_sampling, config.batch_size, generator)
-                noise = torch.randn(x1.shape, generator=generator)[rows].to(device) if config.sigma > 0 else None
+                noise = (torch.randn((config.batch_size, *event_shape), generator=generator)[rows].to(device)
+                         if config.sigma > 0 else None)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(config, step)
                 with autocast:
-                    loss = flow_matching_loss(net, x0[rows].to(device), x1[rows].to(device), t[rows].to(device),
+                    loss = flow_matching_loss(net, x0[rows].to(device), x1.to(device), t[rows].to(device),
                                               path, noise=noise)
                 value = float(dist.all_reduce(loss.detach().float(), "mean"))  # the global batch's loss
                 if not math.isfinite(value):  # before backward: the weights stay those of the last step
