@@ -153,7 +153,6 @@ class TrainResult:
     world_size: int = 1
 
 
-
 def _inputs(model, data, config: TrainConfig | None) -> tuple[nn.Module | None, Any, TrainConfig]:
     """Sort out ``train(config)`` / ``train(model, data, config)`` and record what was given."""
     if isinstance(model, TrainConfig):  # train(config): preset and data named in the config
