@@ -17,6 +17,7 @@ __all__ = [
     "paths",
     "models",
     "training",
+    "distributed",
     "classifier_training",
     "checkpoint",
     "solvers",

@@ -8,9 +8,10 @@ process dies, however it dies, so a killed run never leaves a stale lock. The ho
 PID into the lock file so that a second writer can say who holds it; the lock file is removed
 when the block ends (a killed run leaves the file, but not the lock).
 
-The CLI takes these locks for every command that writes (see
-:func:`causal_delta.commands._common.claim_outputs`); library functions do not lock, since
-their caller owns the folder.
+The CLI takes these locks for every command that writes (:func:`output_locks`); library
+functions do not lock, since their caller owns the folder. Under ``torchrun`` the ranks of one
+run are one writer: rank 0 holds the locks for all of them (a second rank would otherwise find
+the folder "in use"), and tells the others whether it got them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "OutputInUseError", "check_writable", "output_lock"]
+__all__ = ["LOCK_NAME", "OutputInUseError", "check_writable", "output_lock", "output_locks"]
 
 LOCK_NAME = ".causal-delta.lock"
 
@@ -163,3 +164,34 @@ def output_lock(path: str | os.PathLike, *, kind: str = "folder", arg: str = "--
             os.unlink(lock_path)
         os.close(fd)
         _remove_empty(created)
+
+
+@contextlib.contextmanager
+def output_locks(outputs) -> Iterator[None]:
+    """Hold :func:`output_lock` on every output (``.path``, ``.kind``, ``.arg``) for the block.
+
+    Under ``torchrun`` (:mod:`causal_delta.distributed`) only rank 0 takes the locks; every rank
+    learns whether it got them, so that all stop together when another process holds one. In a
+    single process this imports nothing (a second writer stops before torch loads).
+
+    Raises:
+        OutputInUseError, OSError: as :func:`output_lock` (on rank 0); ``OSError`` on the
+            other ranks when rank 0 could not claim the outputs.
+    """
+    from . import distributed as dist
+
+    with contextlib.ExitStack() as held:
+        failure = None
+        if dist.is_main():
+            try:
+                for out in outputs:
+                    held.enter_context(output_lock(out.path, kind=out.kind, arg=out.arg))
+            except OSError as exc:
+                failure = exc
+        if dist.world_size() > 1:
+            message = dist.broadcast_object(None if failure is None else str(failure))
+            if failure is None and message is not None:
+                raise OSError(errno.EBUSY, f"rank 0 could not claim the outputs: {message}")
+        if failure is not None:
+            raise failure
+        yield

@@ -317,6 +317,11 @@ def load_flow(path: str | os.PathLike, use_ema: bool = True, device: str | torch
 
     ckpt = load_checkpoint(path)
     model_config = ckpt.model_config
+    user = ckpt.meta.get("model_source") or {}
+    if not model_config and user.get("kind") == "user":  # written by train(model, data, config)
+        raise CheckpointError(f"checkpoint {ckpt.path} holds a user-defined model ({user.get('class')}), which "
+                              f"cannot be rebuilt from the checkpoint: build the module and load "
+                              f"{ckpt.path / _MODEL} into it (safetensors)")
     if not model_config:
         raise CheckpointError(f"checkpoint file {ckpt.path / _META} has no model_config")
     model = model_from_config(model_config)

@@ -118,14 +118,8 @@ def train_classifier(
     from . import report as _report
     from .checkpoint import load_checkpoint, save_checkpoint
     from .models import build_classifier
-    from .training import (
-        _check_resumable,
-        _find_resume,
-        _rng_state,
-        _set_rng_state,
-        learning_rate,
-        resolve_device,
-    )
+    from .training import learning_rate, resolve_device
+    from .training._resume import check_resumable, find_resume, rng_state, set_rng_state
 
     config.validate()
     start_time = time.perf_counter()
@@ -134,7 +128,7 @@ def train_classifier(
     fingerprint = _fingerprint(data.train_x, data.train_y)
     m = data.train_y.shape[1]
     event_shape = tuple(data.train_x.shape[1:])
-    resume_path = _find_resume(config, resume)
+    resume_path = find_resume(config, resume)
     out_dir = Path(config.out_dir)
     if config.head == "regression":
         shift = data.train_y.double().mean(0).float()
@@ -148,7 +142,7 @@ def train_classifier(
         saved = ckpt.meta.get("classifier_config")
         if saved is None:
             raise ValueError(f"resume: {ckpt.path} is not a classifier checkpoint")
-        _check_resumable(config, saved, ckpt.path, ckpt.step, False)
+        check_resumable(config, saved, ckpt.path, ckpt.step, False)
         if ckpt.meta.get("data", {}).get("sha256") != fingerprint:
             raise ValueError(f"resume: the training data differ from those of checkpoint {ckpt.path}")
 
@@ -167,7 +161,7 @@ def train_classifier(
             net.load_state_dict(ckpt.model_state)
             optimizer.load_state_dict(ckpt.train_state["optimizer"])
             generator.set_state(ckpt.train_state["generator"])
-            _set_rng_state(ckpt.train_state["rng"])
+            set_rng_state(ckpt.train_state["rng"])
             losses = [float(x) for x in ckpt.train_state["losses"]]
             step = ckpt.step
             last_ckpt = ckpt.path
@@ -186,7 +180,7 @@ def train_classifier(
                          "n_eval": int(data.eval_x.shape[0]), "sha256": fingerprint},
             }
             train_state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                           "rng": _rng_state(), "losses": list(losses)}
+                           "rng": rng_state(), "losses": list(losses)}
             return save_checkpoint(out_dir, step, model_state=net.state_dict(), train_state=train_state,
                                    meta=meta, keep=config.keep_checkpoints)
 

@@ -9,6 +9,9 @@ inside ``run`` so that ``causal-delta --help`` answers at once.
 
 * before ``run``, every declared output is checked for writability and locked (one writer per
   output; a second writer stops at once, naming the folder and the holder's PID);
+* under ``torchrun`` it joins the process group first (:mod:`causal_delta.distributed`) and
+  leaves it at the end; rank 0 holds the output locks for the run; a command runs there only
+  when its module says ``DISTRIBUTED = True`` (the others would repeat the work on every rank);
 * an error the user can cause (``ValueError``, ``OSError``, ``FloatingPointError`` and the
   library's errors derived from them) prints one line ``causal-delta CMD: error: ...`` on
   stderr and exits with status 2;
@@ -88,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 0
+    from . import distributed as dist
     from ._compat import quiet_forward_ad
-    from ._runlock import output_lock
+    from ._runlock import output_locks
     from .commands._common import EXIT_INTERRUPTED, EXIT_USER_ERROR, USER_ERRORS, command_outputs, one_line
 
     debug = bool(args.debug) or os.environ.get("CAUSAL_DELTA_DEBUG", "") not in ("", "0")
@@ -97,8 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"causal-delta {args.command}"
     try:
         with contextlib.ExitStack() as held:
-            for out in command_outputs(args._module, args):
-                held.enter_context(output_lock(out.path, kind=out.kind, arg=out.arg))
+            if dist.launched() and not dist.is_distributed():  # under torchrun: join, leave at the end
+                dist.init()
+                held.callback(dist.shutdown)
+            prefix += f" (rank {dist.rank()})" if dist.rank() else ""  # rank 0's lines read as usual
+            if dist.world_size() > 1 and not getattr(args._module, "DISTRIBUTED", False):
+                raise ValueError(f"{args.command} runs in one process; launch it without torchrun (under torchrun: "
+                                 f"{', '.join(n for n, m in _command_modules() if getattr(m, 'DISTRIBUTED', False))})")
+            held.enter_context(output_locks(command_outputs(args._module, args)))  # rank 0 holds them
             held.enter_context(quiet_forward_ad())  # torch's first forward-mode call warns otherwise
             return int(args._run(args) or 0)
     except KeyboardInterrupt as exc:

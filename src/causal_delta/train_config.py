@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 from .config import config_to_dict, option
 
-__all__ = ["T_SAMPLINGS", "COUPLINGS", "LR_SCHEDULES", "TrainConfig", "ClassifierTrainConfig"]
+__all__ = ["T_SAMPLINGS", "COUPLINGS", "LR_SCHEDULES", "PRECISIONS", "TrainConfig", "ClassifierTrainConfig"]
 
 T_SAMPLINGS = ("uniform", "logit-normal")
 COUPLINGS = ("independent", "fixed")
 LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "bf16")
 
 
 @dataclass
@@ -29,6 +30,8 @@ class TrainConfig:
     Attributes:
         data: data-source name (``"gaussian"``, ``"gaussian-1d"``, ``"mixture"``, ...) or a path
             to a .npy / .csv / .pt file or an image folder (see :mod:`causal_delta.datasets`).
+            When :func:`~causal_delta.training.train` is given the data itself (a tensor or a
+            torch ``Dataset``), it records ``"user:<name>"`` here.
         data_args: keyword arguments of the data source (e.g. ``{"rho": 0.55}``).
         source: ``None`` for ``x0 ~ N(0, I)``, else a data-source name or path for ``x0``
             (two-sided transport); it must have the data's event shape.
@@ -38,10 +41,13 @@ class TrainConfig:
             index so each stays paired: ``data`` is a pairs file (``.npz`` with ``x0``/``x1``,
             ``.npy`` ``(N, 2, *event)``) and ``source`` is ``None``, or ``data`` (targets) and
             ``source`` are two files of the same length (see :mod:`causal_delta.datasets.pairs`).
-        preset: model preset (:data:`causal_delta.models.PRESETS`).
+        preset: model preset (:data:`causal_delta.models.PRESETS`); ``None`` when the caller
+            gives its own model (recorded so by :func:`~causal_delta.training.train`).
         model_args: overrides of the preset's hyper-parameters.
         steps: optimisation steps in total.
-        batch_size: minibatch size.
+        batch_size: global minibatch size. Under ``torchrun`` with ``W`` processes each rank
+            takes ``batch_size / W`` rows of the same global batch (it must divide evenly), so
+            the run sees exactly the batches of a single process.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
@@ -55,11 +61,14 @@ class TrainConfig:
         sigma: constant noise level of the stochastic interpolant (0 = deterministic).
         parametrization: ``"velocity"`` (regress ``x1 - x0``) or ``"x1"`` (regress ``x1``).
         t_sampling: ``"uniform"`` (``t ~ U(0, 1)``) or ``"logit-normal"`` (``sigmoid(N(0, 1))``).
+        precision: ``"float32"`` or ``"bf16"`` (the forward pass and loss under
+            ``torch.autocast`` with bfloat16; weights, optimiser and EMA stay float32; CUDA only).
         seed: seeds model initialisation and the training generator.
         checkpoint_every: write a checkpoint every this many steps (0: only at the end).
         keep_checkpoints: keep the newest this many checkpoints (0 keeps all).
         out_dir: run directory (checkpoints go to ``out_dir/checkpoints``).
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` / ``"cuda:N"``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"`` / ``"cuda:N"``
+            (under ``torchrun``: ``"auto"`` or ``"cuda"``, each rank on ``cuda:LOCAL_RANK``).
     """
 
     data: str = option("gaussian", help="data source: gaussian, gaussian-1d, mixture, ... or a .npy/.csv/.pt file "
@@ -71,7 +80,7 @@ class TrainConfig:
     coupling: Literal["independent", "fixed"] = option(
         "independent", help="fixed: train on given pairs, row i of --source with row i of --data (two files of "
                             "the same length); see also --pairs")
-    preset: str = option("mlp-small", help="model preset")
+    preset: str | None = option("mlp-small", help="model preset (none: the caller's own model, library only)")
     model_args: dict[str, Any] = option(default_factory=dict, help="JSON overrides of the preset")
     steps: int = option(1000, help="optimisation steps in total")
     batch_size: int = option(128, help="samples per minibatch")
@@ -86,6 +95,9 @@ class TrainConfig:
     sigma: float = option(0.0, help="noise of the stochastic interpolant")
     parametrization: Literal["velocity", "x1"] = option("velocity", help="regression target: x1 - x0 or x1")
     t_sampling: Literal["uniform", "logit-normal"] = option("uniform", help="distribution of the time t")
+    precision: Literal["float32", "bf16"] = option(
+        "float32", help="bf16: forward pass and loss under torch.autocast with bfloat16 (CUDA only); weights, "
+                        "optimiser and EMA stay float32")
     seed: int = option(0, help="seeds model initialisation and the training generator")
     checkpoint_every: int = option(0, help="write a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = option(3, help="keep the newest N checkpoints (0 keeps all)")
@@ -117,7 +129,9 @@ class TrainConfig:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.preset not in PRESETS:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")

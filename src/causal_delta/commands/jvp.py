@@ -3,6 +3,10 @@
 Writes ``responses.npz`` (``responses`` (n·P, m), ``sample_index``, ``features`` / ``names``) and
 ``report.json`` (configuration, checkpoint info, solver cost, timings) under ``--out``; with
 ``--moments-only``, ``moments.npz`` (streamed sums, :mod:`causal_delta.commands._jvp_moments`) instead.
+
+Sample ``i``'s ``x0`` and probes depend on ``(--seed, i)`` only (:mod:`causal_delta._rng`), so the
+responses are the same at any ``--batch-size`` and under ``torchrun --nproc-per-node W``, where
+each rank computes a contiguous block of samples and rank 0 gathers and writes them.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ from typing import Literal
 from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
 from ._model import FlowSource
 
-__all__ = ["HELP", "DESCRIPTION", "CONFIG", "JvpConfig", "add_arguments", "outputs", "run", "parse_features",
-           "feature_labels"]
+__all__ = ["HELP", "DESCRIPTION", "CONFIG", "JvpConfig", "DISTRIBUTED", "add_arguments", "outputs", "run",
+           "parse_features", "feature_labels"]
 
 MAX_IDENTITY_FEATURES = 64
 """Without --features or --classifier, samples of at most this many coordinates are read whole."""
 
 HELP = "JVP responses of a trained flow (pixels or classifier logits) to random latent probes"
+DISTRIBUTED = True
+"""Runs under ``torchrun`` (ranks share the work; rank 0 writes and prints)."""
 DESCRIPTION = (
     "Push random probes z through the generator f of a trained flow and record "
     "Δy = J_{C∘f}(x0) z for selected pixels (--features) or the logits of a classifier "
@@ -150,8 +156,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from .. import _rng, report
+    from .. import distributed as dist
     from .. import jvp as J
-    from .. import report
     from .._validation import check_positive_int
     from ._model import load_velocity
 
@@ -203,32 +210,44 @@ def run(args: argparse.Namespace) -> int:
         return _jvp_moments.run(c, velocity=velocity, classifier=classifier, features=features, names=names,
                                 event=event, dtype=dtype, info=info, clf_info=clf_info, truth=truth)
 
-    # Draw in float64 whatever --dtype is, then cast: the same --seed gives the same (x0, z)
-    # pairs (to float32 rounding) in float32 and float64, so runs compare sample by sample.
-    gen = torch.Generator().manual_seed(c.seed)
-    x0 = torch.randn(c.n_samples, *event, generator=gen, dtype=torch.float64).to(dtype)
-    z = J.make_probes(c.n_samples, event, probes=c.probes, kind=c.probe_kind,
-                      normalize=c.normalize, generator=gen, dtype=torch.float64).to(dtype)
+    # Sample i's x0 and probes are a function of (--seed, i) only (counter-based draws), so the
+    # responses do not depend on --batch-size or on the number of torchrun processes: each rank
+    # computes its block of samples and rank 0 gathers them. Drawn in float64 whatever --dtype
+    # is, then cast: float32 and float64 runs compare sample by sample.
+    if c.n_samples < dist.world_size():
+        raise ValueError(f"-n ({c.n_samples}) must be at least the number of processes ({dist.world_size()})")
+    mine = dist.shard(c.n_samples)
+    x0 = _rng.normal(c.seed, "x0", mine, event).to(dtype)
+    z = _rng.probes(c.seed, mine, event, probes=c.probes, kind=c.probe_kind,
+                    normalize=c.normalize).to(dtype)
     start = time.perf_counter()
     res = J.attribute_jvp(velocity, x0, z, classifier=classifier, features=features, mode=c.mode,
                           eps=c.eps, method=c.solver, steps=c.steps, batch_size=c.batch_size)
     elapsed = time.perf_counter() - start
-    dy = res.responses.detach().cpu().double().numpy()
+    dy = dist.all_gather(res.responses.detach().cpu().double()).numpy()
+    sample_index = dist.all_gather(res.sample_index.cpu() + mine.start).numpy()
+    nfe_total = int(dist.all_reduce(torch.tensor(res.nfe_total), "sum"))
+    batches = int(dist.all_reduce(torch.tensor(-(-len(mine) // c.batch_size)), "sum"))
+    if c.save_samples:
+        x0 = dist.all_gather(x0.cpu())
+        samples = None if res.samples is None else dist.all_gather(res.samples.detach().cpu())
+    if not dist.is_main():  # rank 0 writes for all
+        return 0
     m = dy.shape[1]
     if names is None or len(names) != m:
         names = [f"logit {k}" for k in range(m)]
     arrays = {
         "responses": dy,
-        "sample_index": res.sample_index.cpu().numpy(),
+        "sample_index": sample_index,
         "names": np.array(names),
         "features": np.array(features if features is not None else [], dtype=np.int64),
     }
     if truth is not None:
         arrays["truth_corr"] = truth
     if c.save_samples:
-        arrays["x0"] = x0.cpu().numpy()
-        if res.samples is not None:
-            arrays["samples"] = res.samples.detach().cpu().numpy()
+        arrays["x0"] = x0.numpy()
+        if samples is not None:
+            arrays["samples"] = samples.numpy()
     out.mkdir(parents=True, exist_ok=True)
     npz_path = out / "responses.npz"
     tmp = out / ".responses.tmp.npz"
@@ -251,8 +270,9 @@ def run(args: argparse.Namespace) -> int:
         "features": features,
         "names": names,
         "eps": res.eps,
+        "processes": dist.world_size(),
         "solver": {"method": c.solver, "steps": int(res.grid.numel() - 1), "nfe": res.nfe,
-                   "nfe_total": res.nfe_total, "batches": -(-c.n_samples // c.batch_size),
+                   "nfe_total": nfe_total, "batches": batches,
                    "nfe_note": "nfe: velocity evaluations per solve (one batch through the grid; "
                                "forward mode counts a primal+tangent call as one); nfe_total: all "
                                "batches together"},

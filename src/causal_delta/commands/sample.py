@@ -9,9 +9,11 @@ from typing import Literal
 from ..config import add_dataclass_arguments, from_namespace, option
 from ._model import FlowSource
 
-__all__ = ["HELP", "CONFIG", "SampleConfig", "add_arguments", "outputs", "run"]
+__all__ = ["HELP", "CONFIG", "SampleConfig", "DISTRIBUTED", "add_arguments", "outputs", "run"]
 
 HELP = "generate samples from a checkpoint (.npy, optional PNG)"
+DISTRIBUTED = True
+"""Runs under ``torchrun`` (ranks share the work; rank 0 writes and prints)."""
 
 
 @dataclass(kw_only=True)
@@ -76,21 +78,35 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from .. import _rng
+    from .. import distributed as dist
     from .._validation import check_positive_int
+    from ..paths import GaussianSource
     from ..report import atomic_write_bytes
     from ..solvers import sample
-    from ..training import make_source, resolve_device
+    from ..training import make_source
     from ._model import load_velocity
 
     c = from_namespace(CONFIG, args)
     check_positive_int("--n-samples", c.n_samples)
     check_positive_int("--steps", c.steps)
     check_positive_int("--batch-size", c.batch_size)
-    device = resolve_device(c.device)
+    device = dist.device(c.device)
     flow, info = load_velocity(c, use_ema=c.ema, device=device)
     source = make_source(info["train_config"], info["event_shape"])
-    x0 = source(c.n_samples, torch.Generator().manual_seed(c.seed)).to(device)
-    x = sample(flow, x0, method=c.solver, steps=c.steps, batch_size=c.batch_size).cpu()
+    # Sample i's x0 depends on (--seed, i) only (the same x0 as `jvp` sample i), so under torchrun
+    # each rank integrates its block of samples; rank 0 gathers and writes them.
+    if c.n_samples < dist.world_size():
+        raise ValueError(f"-n ({c.n_samples}) must be at least the number of processes ({dist.world_size()})")
+    mine = dist.shard(c.n_samples)
+    if isinstance(source, GaussianSource):
+        x0 = _rng.normal(c.seed, "x0", mine, info["event_shape"]).to(torch.float32)
+    else:  # a data source draws sequentially: every rank draws all and keeps its block
+        x0 = source(c.n_samples, torch.Generator().manual_seed(c.seed))[mine.start:mine.stop]
+    x = sample(flow, x0.to(device), method=c.solver, steps=c.steps, batch_size=c.batch_size).cpu()
+    x = dist.all_gather(x)
+    if not dist.is_main():
+        return 0
     buf = io.BytesIO()
     np.save(buf, x.numpy())
     out = atomic_write_bytes(Path(c.out), buf.getvalue())

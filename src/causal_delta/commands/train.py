@@ -8,9 +8,11 @@ from dataclasses import dataclass, fields
 from ..config import add_dataclass_arguments, from_namespace, option
 from ..train_config import TrainConfig
 
-__all__ = ["HELP", "CONFIG", "TrainCommandConfig", "add_arguments", "outputs", "run"]
+__all__ = ["HELP", "CONFIG", "TrainCommandConfig", "DISTRIBUTED", "add_arguments", "outputs", "run"]
 
 HELP = "train a flow-matching model (checkpoints with exact resume)"
+DISTRIBUTED = True
+"""Runs under ``torchrun`` (ranks share the work; rank 0 writes and prints)."""
 
 
 @dataclass
@@ -89,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         clip = f"now {config.grad_clip:g}" if config.grad_clip is not None else "now off"
         raise FloatingPointError(f"training diverged: loss {exc.loss} at step {exc.step}; {kept}; try a "
                                  f"lower --lr (now {config.lr:g}) or --grad-clip ({clip})") from exc
+    from .. import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 reports for all
+        return 0
     tail = result.losses[-min(50, len(result.losses)):]
     new = result.step - result.resumed_from
     if result.resumed_from and new == 0:
@@ -98,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
               f"on {result.device} in {result.seconds:.1f} s; mean loss of the last {len(tail)} steps "
               f"{sum(tail) / max(len(tail), 1):.5f}")
     else:
-        print(f"trained {result.step} steps on {result.device} in {result.seconds:.1f} s; "
+        where = (result.device if result.world_size == 1
+                 else f"{result.world_size} processes ({result.device} on rank 0)")
+        print(f"trained {result.step} steps on {where} in {result.seconds:.1f} s; "
               f"mean loss of the last {len(tail)} steps {sum(tail) / max(len(tail), 1):.5f}")
     print(f"checkpoint: {result.checkpoint}")
     return 0

@@ -1,0 +1,231 @@
+"""Multi-process runs on PyTorch's own engine: ``torch.distributed`` under ``torchrun``.
+
+``torchrun --nproc-per-node N ...`` starts N processes and gives each ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` in its environment. :func:`init` reads them
+and joins the process group (``gloo`` for CPU tensors, plus ``nccl`` for CUDA tensors when a GPU
+is present: the backend string ``"cpu:gloo,cuda:nccl"``). Every helper here is a no-op (or the
+identity) in a single process, so library code calls them unconditionally::
+
+    from causal_delta import distributed as dist
+
+    dist.init()                         # no-op without torchrun
+    mine = dist.shard(n)                # the global indices this rank owns (contiguous block)
+    part = compute(mine)                # (len(mine), ...)
+    whole = dist.all_gather(part)       # (n, ...) in global index order, on every rank
+    if dist.is_main():
+        write(whole)
+
+What runs where: every rank computes its shard; collective calls (:func:`all_gather`,
+:func:`all_reduce`, :func:`barrier`, :func:`broadcast_object`) must be reached by every rank in
+the same order; files are written by rank 0 only (:func:`is_main`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+__all__ = [
+    "all_gather",
+    "all_reduce",
+    "barrier",
+    "broadcast_object",
+    "device",
+    "init",
+    "is_distributed",
+    "is_main",
+    "launched",
+    "local_rank",
+    "rank",
+    "shard",
+    "shutdown",
+    "world_size",
+]
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_REDUCE_OPS = ("sum", "mean", "min", "max")
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` (its environment variables are set)."""
+    return all(v in os.environ for v in _TORCHRUN_VARS)
+
+
+def is_distributed() -> bool:
+    """Whether a process group is up (``init`` was called under ``torchrun``, or by the caller)."""
+    tdist = sys.modules.get("torch.distributed")  # not imported yet: no group, and no torch import
+    return tdist is not None and tdist.is_available() and tdist.is_initialized()
+
+
+def init(backend: str | None = None) -> bool:
+    """Join the process group described by torchrun's environment; idempotent.
+
+    Args:
+        backend: ``None`` chooses ``"cpu:gloo,cuda:nccl"`` when CUDA is available, else
+            ``"gloo"``; any string :func:`torch.distributed.init_process_group` accepts.
+
+    Returns:
+        ``True`` when this process is part of a process group after the call (launched by
+        torchrun, or a group the caller set up), ``False`` in a plain single process.
+
+    Raises:
+        ValueError: torchrun's variables are malformed (``RANK`` not below ``WORLD_SIZE``).
+    """
+    if is_distributed():
+        return True
+    if not launched():
+        return False
+    import torch
+    import torch.distributed as tdist
+
+    r, w, lr = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if not 0 <= r < w:
+        raise ValueError(f"torchrun environment: RANK must lie in [0, WORLD_SIZE), got RANK={r}, WORLD_SIZE={w}")
+    if backend is None:
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available() and "nccl" in backend:
+        torch.cuda.set_device(lr)  # NCCL needs each rank on its own GPU before the first collective
+    tdist.init_process_group(backend=backend, rank=r, world_size=w)
+    return True
+
+
+def shutdown() -> None:
+    """Leave the process group once every rank is here (no-op when none is up)."""
+    if is_distributed():
+        import torch.distributed as tdist
+
+        tdist.barrier()  # a rank that left early would break its peers' last collectives
+        tdist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's rank in ``[0, world_size())`` (0 in a single process)."""
+    if is_distributed():
+        import torch.distributed as tdist
+
+        return tdist.get_rank()
+    return 0
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (torchrun's ``LOCAL_RANK``; 0 in a single process)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 in a single process)."""
+    if is_distributed():
+        import torch.distributed as tdist
+
+        return tdist.get_world_size()
+    return 1
+
+
+def is_main() -> bool:
+    """Whether this is rank 0, the process that writes files and prints."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this point (no-op in a single process)."""
+    if world_size() > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
+def device(requested: str | torch.device = "auto") -> torch.device:
+    """The device of this rank: ``cuda:LOCAL_RANK`` for ``"auto"`` / ``"cuda"`` under several
+    processes, otherwise :func:`causal_delta.training.resolve_device` of ``requested``.
+
+    Raises:
+        ValueError: an explicit ``cuda:N`` under several processes (each rank must own a GPU).
+    """
+    import torch
+
+    from .training import resolve_device
+
+    dev = resolve_device(requested)
+    if world_size() == 1 or dev.type != "cuda":
+        return dev
+    if str(requested) not in ("auto", "cuda"):
+        raise ValueError(f"device {str(requested)!r} names one GPU, but {world_size()} processes run; give "
+                         f"device 'cuda' or 'auto' (each rank then uses cuda:LOCAL_RANK)")
+    return torch.device("cuda", local_rank())
+
+
+def shard(n: int, *, rank_: int | None = None, world_size_: int | None = None) -> range:
+    """The global indices ``[start, stop)`` of ``range(n)`` that this rank owns.
+
+    Contiguous blocks in rank order, sizes differing by at most one
+    (``start = r·n // W``), so concatenating the shards of ranks ``0..W-1`` gives ``range(n)``.
+    ``rank_`` / ``world_size_`` override the process group's (for tests and planning).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world_size_ is None else world_size_
+    if not 0 <= r < w:
+        raise ValueError(f"rank must lie in [0, {w}), got {r}")
+    return range(r * n // w, (r + 1) * n // w)
+
+
+def all_gather(tensor: Tensor) -> Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0, in rank order, on every rank.
+
+    Shapes may differ in dim 0 only (e.g. uneven shards from :func:`shard`): each rank's block is
+    padded to the longest, gathered, and trimmed. Returns ``tensor`` itself in a single process.
+    """
+    w = world_size()
+    if w == 1:
+        return tensor
+    import torch
+    import torch.distributed as tdist
+
+    t = tensor.contiguous()
+    sizes = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(w)]
+    tdist.all_gather(all_sizes, sizes)
+    lengths = [int(s) for s in all_sizes]
+    longest = max(lengths)
+    if t.shape[0] < longest:
+        t = torch.cat([t, t.new_zeros((longest - t.shape[0], *t.shape[1:]))])
+    parts = [torch.empty_like(t) for _ in range(w)]
+    tdist.all_gather(parts, t)
+    return torch.cat([p[:k] for p, k in zip(parts, lengths)])
+
+
+def all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
+    """Reduce ``tensor`` element-wise over ranks (``"sum"``, ``"mean"``, ``"min"``, ``"max"``).
+
+    Returns a new tensor (the input is left untouched); ``tensor`` itself in a single process.
+    ``"mean"`` is the sum divided by the world size.
+    """
+    if op not in _REDUCE_OPS:
+        raise ValueError(f"op must be one of {_REDUCE_OPS}, got {op!r}")
+    w = world_size()
+    if w == 1:
+        return tensor
+    import torch.distributed as tdist
+
+    out = tensor.detach().clone()
+    red = {"sum": tdist.ReduceOp.SUM, "mean": tdist.ReduceOp.SUM, "min": tdist.ReduceOp.MIN,
+           "max": tdist.ReduceOp.MAX}[op]
+    tdist.all_reduce(out, op=red)
+    return out / w if op == "mean" else out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself in a single process)."""
+    if world_size() == 1:
+        return obj
+    import torch.distributed as tdist
+
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
