@@ -3,6 +3,7 @@ r"""Top singular directions of the generator Jacobian at one point (randomised s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,7 @@ def top_singular_directions(
     steps: int = 100,
     grid: Tensor | None = None,
     generator: torch.Generator | None = None,
+    event_shape: Sequence[int] | None = None,
 ) -> SingularDirections:
     r"""Top-``k`` singular directions of :math:`J_f(x_0)` by randomised subspace iteration.
 
@@ -54,17 +56,28 @@ def top_singular_directions(
     ``(iters + 1)·l`` JVPs plus ``(iters + 1)·l`` VJPs.
 
     Args:
-        x0: one source point, shape ``event`` (or ``(1, *event)``).
+        x0: one source point. Without ``event_shape`` its shape *is* the event: a single image
+            ``(1, H, W)`` is one point with one channel, never a batch of one. With
+            ``event_shape``, ``x0`` may also be a batch of one, ``(1, *event_shape)`` (e.g.
+            ``x[i:i + 1]``).
+        event_shape: the shape of one sample, to accept a batch of one unambiguously.
+        generator: draws the random test matrix (reproducible from a seed).
     """
     check_positive_int("k", k)
     if isinstance(oversample, bool) or not isinstance(oversample, int) or oversample < 0:
         raise ValueError(f"oversample must be an integer >= 0, got {oversample!r}")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
         raise ValueError(f"iters must be an integer >= 0, got {iters!r}")
-    if x0.ndim >= 2 and x0.shape[0] == 1:
-        x0 = x0[0]
-    if not x0.is_floating_point() or x0.ndim < 1:
-        raise ValueError(f"x0 must be one floating-point source point of shape event, got {tuple(x0.shape)}")
+    if not isinstance(x0, Tensor) or not x0.is_floating_point() or x0.ndim < 1:
+        shape = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
+        raise ValueError(f"x0 must be one floating-point source point of shape event, got {shape}")
+    if event_shape is not None:
+        want = tuple(int(s) for s in event_shape)
+        if tuple(x0.shape) == (1, *want):
+            x0 = x0[0]
+        elif tuple(x0.shape) != want:
+            raise ValueError(f"x0 must have shape event_shape = {want} or (1, *event_shape) = {(1, *want)}, "
+                             f"got {tuple(x0.shape)}")
     event = tuple(x0.shape)
     d = math.prod(event)
     if k > d:
