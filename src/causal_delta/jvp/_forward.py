@@ -60,7 +60,7 @@ class ForwardJVP(Protocol):
         ...         return -x, -dx
         >>> isinstance(Linear(), ForwardJVP)
         True
-        >>> jvp_forward(Linear(), torch.ones(2, 3), torch.ones(2, 4, 3), steps=10).jvp.shape
+        >>> jvp_forward(Linear().eval(), torch.ones(2, 3), torch.ones(2, 4, 3), steps=10).jvp.shape
         torch.Size([2, 4, 3])
     """
 
