@@ -13,7 +13,7 @@ Prints, for the paper's 28x28 UNet (preset ``unet-28``, eval mode, float32, no_g
    of one Euler step / time per sample of one plain Euler step on as many samples (target <= 1.15),
    and the same with 1 probe per sample.
 
-Usage: ``python benchmarks/jvp.py [--repeats 2] [--threads 2] [--no-full-run] [--mem-batch 8]``.
+Usage: ``python benchmarks/jvp.py [--repeats 2] [--threads 2] [--clock cpu] [--no-full-run] [--mem-batch 8]``.
 Wall time on an idle 2-core CPU: about 4 minutes (much slower when the machine is shared).
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,12 +41,16 @@ def _model(dtype=torch.float32):
     return build_model("unet-28", event_shape=EVENT).to(dtype).eval().requires_grad_(False)
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCK["wall"]
+
+
 def _best(fn, repeats):
     fn_times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = _clock()
         fn()
-        fn_times.append(time.perf_counter() - t)
+        fn_times.append(_clock() - t)
     return min(fn_times)
 
 
@@ -171,13 +176,19 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-full-run", action="store_true", help="skip the whole-run timings")
     p.add_argument("--mem-batch", type=int, default=8, help="batch of the peak-memory subprocesses")
+    p.add_argument("--clock", choices=tuple(CLOCK), default="wall",
+                   help="time the step ratios by wall clock or by this process's CPU time (with --threads 1, "
+                        "much less sensitive to other processes on a shared machine)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    global _clock
+    _clock = CLOCK[a.clock]
     if a.child is not None:
         _child(a.child, a.mem_batch, a.threads)
         return
     torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {a.threads} threads, unet-28 {EVENT}, float32, eval, no_grad")
+    print(f"torch {torch.__version__}, {a.threads} threads, unet-28 {EVENT}, float32, eval, no_grad, "
+          f"{a.clock} clock, load average {os.getloadavg()[0]:.1f}")
     model = _model()
     print(f"parameters: {sum(q.numel() for q in model.parameters()) / 1e6:.1f} M")
     t0 = time.perf_counter()

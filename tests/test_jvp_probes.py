@@ -24,7 +24,7 @@ def _randn(*shape, seed=0):
 
 
 def _rel(a, b):
-    return float((a - b).norm() / b.norm())
+    return float((a - b).detach().norm() / b.detach().norm())
 
 
 def _per_probe_reference(f, x, dx):
