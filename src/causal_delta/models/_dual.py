@@ -128,7 +128,10 @@ def dual_group_norm(layer: nn.GroupNorm, h: Tensor, dh: Tensor) -> tuple[Tensor,
     which is affine in ``(dh, h)`` per sample, tangent and channel:
     ``dy = γ r · dh - γ r² c · h + γ r (r c μ - a)``. The primal (with ``μ``, ``r``) comes from one
     fused ``native_group_norm`` call, once per sample; each tangent costs two reductions and two
-    ``addcmul`` passes (``h`` broadcast over the ``P`` tangents of its sample).
+    ``addcmul`` passes (``h`` broadcast over the ``P`` tangents of its sample). With one tangent
+    per sample, ``dĥ`` is the input gradient of an unscaled GroupNorm at ``grad_output = dh``
+    (the normalisation's Jacobian ``r (I - 11ᵀ/n - ĥĥᵀ/n)`` is symmetric), one fused
+    ``native_group_norm_backward`` call, and ``dy = γ dĥ``.
 
     Shapes: ``h`` (B, C, *spatial), ``dh`` (B·P, C, *spatial); returns ``y`` shaped like ``h``
     and ``dy`` shaped like ``dh``.
@@ -138,6 +141,9 @@ def dual_group_norm(layer: nn.GroupNorm, h: Tensor, dh: Tensor) -> tuple[Tensor,
     P = probes_per_sample(h, dh)
     hw = h[0, 0].numel()
     y, mu, r = torch.native_group_norm(h, layer.weight, layer.bias, b, ch, hw, g, layer.eps)
+    if P == 1:
+        dhat = torch.ops.aten.native_group_norm_backward(dh, h, mu, r, None, b, ch, hw, g, [True, False, False])[0]
+        return y, (dhat * layer.weight.view(1, ch, *(1,) * (len(shape) - 2)) if layer.affine else dhat)
     n = (ch // g) * hw
     hg, dhg = h.reshape(b, 1, g, n), dh.reshape(b, P, g, n)
     a = dhg.mean(dim=-1)  # (B, P, G)
