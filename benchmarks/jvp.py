@@ -71,7 +71,7 @@ def step_ratios(model, batch, method, repeats, routes=("forward_jvp", "func.jvp"
             xx = torch.cat([x + 1e-2 * z, x - 1e-2 * z])
             calls[route] = lambda xx=xx: step(method, plain, xx, t, h)
         else:
-            aug = _batched(_augmented_velocity(model, batch, 1, EVENT, route == "forward_jvp"))
+            aug = _batched(_augmented_velocity(model, batch, route == "forward_jvp"))
             s = torch.cat([x, z])
             calls[route] = lambda aug=aug, s=s: step(method, aug, s, t, h)
     best = {k: float("inf") for k in calls}
@@ -113,7 +113,7 @@ def probes_per_sample(model, total, repeats, routes=("forward_jvp", "func.jvp"))
             B = total // P
             x = torch.randn(B, *EVENT, generator=g)
             z = torch.randn(B * P, *EVENT, generator=g)
-            aug = _batched(_augmented_velocity(model, B, P, EVENT, route == "forward_jvp"))
+            aug = _batched(_augmented_velocity(model, B, route == "forward_jvp"))
             s = torch.cat([x, z])
             calls[f"{route}, P={P}"] = lambda aug=aug, s=s: step("euler", aug, s, t, h)
     best = {k: float("inf") for k in calls}

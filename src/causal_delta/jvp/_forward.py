@@ -138,11 +138,10 @@ def _checked(fj: StageJVP) -> StageJVP:
     return fn
 
 
-def _augmented_velocity(velocity: Velocity, B: int, P: int, event: tuple[int, ...],
-                        use_forward_jvp: bool | None) -> Velocity:
+def _augmented_velocity(velocity: Velocity, B: int, use_forward_jvp: bool | None) -> Velocity:
     r"""Velocity of the augmented state ``cat([x (B), ẋ (B·P)])``: ``(v(x, t), J_v(x, t) ẋ)``.
 
-    The primal rows are evaluated once per stage, whatever ``P`` (``event`` is kept for callers).
+    The ``B`` primal rows are evaluated once per stage, whatever the number ``P`` of tangents.
     """
     stage, _ = _stage_jvp(velocity, use_forward_jvp)
 
@@ -209,7 +208,7 @@ def jvp_forward(
             xc = x0[s: s + chunk]
             b = xc.shape[0]
             dxc = zf[s: s + chunk].reshape(b * P, *event)
-            aug = _augmented_velocity(velocity, b, P, event, use_forward_jvp)
+            aug = _augmented_velocity(velocity, b, use_forward_jvp)
             sol = integrate(aug, torch.cat([xc, dxc]), method=method, grid=grid)
             xs.append(sol.x[:b])
             dxs.append(sol.x[b:])
