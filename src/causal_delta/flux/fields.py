@@ -49,9 +49,10 @@ class TimeFree(nn.Module):
     def forward_jvp(self, x: Tensor, t: Tensor | None, dx: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(x), J_f(x) dx)``, twice differentiable (the double backprop of the loss needs it).
 
-        For the library MLP the tangent rides with the primal through each linear layer (one
-        GEMM on 2B rows); the SiLU derivative is written in plain ops because ATen's fused
-        ``silu_backward`` (used by ``MLP.forward_jvp``) has no derivative of its own.
+        For the library MLP the tangent goes through each linear layer without bias (``dx`` may
+        hold ``P`` tangents per point, ``(B·P, d)``, the primal runs once); the SiLU derivative
+        is written in plain ops because ATen's fused ``silu_backward`` (used by
+        ``MLP.forward_jvp``) has no derivative of its own.
         """
         if isinstance(self.net, MLP):
             net = self.net
