@@ -88,3 +88,27 @@ def test_checkpoint_meta_holds_full_config(tmp_path):
     meta = json.loads((result.checkpoint / "meta.json").read_text())
     assert TrainConfig.from_dict(meta["train_config"]) == cfg
     assert meta["model_config"]["kind"] == "mlp" and meta["step"] == 3
+
+
+@pytest.mark.parametrize("fmt, message", [
+    (2, r"has format 2 \(written by causal-delta 9\.9\), newer than format 1 that causal-delta .* reads; upgrade"),
+    (0, r"has format 0 .*not a format causal-delta .* reads \(format 1\)"),
+    ("1", r"has format '1' "),
+    (None, r"has format None "),
+])
+def test_format_version_is_checked_on_load(tmp_path, fmt, message):
+    """A newer or unknown layout fails with one message naming meta.json and both versions
+    (the SHA-256 of meta.json itself is not recorded, so editing it is how a newer writer looks)."""
+    from causal_delta.checkpoint import FORMAT_VERSION
+
+    _, path = _save(tmp_path, 1)
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["format"] == FORMAT_VERSION == 1
+    meta.update(format=fmt, causal_delta_version="9.9")
+    if fmt is None:
+        del meta["format"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=str(path / "meta.json").replace(".", r"\.") + " " + message):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="format"):
+        load_flow(tmp_path)

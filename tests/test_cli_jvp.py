@@ -56,7 +56,7 @@ def test_jvp_with_classifier_and_finite_differences(checkpoints, tmp_path):
     flow_dir, clf_dir = checkpoints
     out = tmp_path / "clf"
     rc = cli.main(["jvp", "--checkpoint", str(flow_dir), "--classifier", str(clf_dir), "-n", "8",
-                   "--method", "central", "--dtype", "float64", "--steps", "3", "--save-samples",
+                   "--mode", "central", "--dtype", "float64", "--steps", "3", "--save-samples",
                    "--out", str(out)])
     assert rc == 0
     data = np.load(out / "responses.npz")
@@ -66,7 +66,7 @@ def test_jvp_with_classifier_and_finite_differences(checkpoints, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--eps", "0", "--method", "fd"], "--eps must be > 0"),
+    (["--eps", "0", "--mode", "fd"], "--eps must be > 0"),
     (["--features", "17"], r"--features index '17' must lie in \[0, 4\)"),
     (["--features", "0:5"], "outside the sample shape"),
     (["-n", "0"], "-n must be an integer >= 1"),
@@ -84,7 +84,7 @@ def test_jvp_bad_input(checkpoints, tmp_path, capsys, argv, message):
 
 def test_jvp_unknown_method_and_missing_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli.main(["jvp", "--checkpoint", "x", "--features", "0", "--method", "reverse"])
+        cli.main(["jvp", "--checkpoint", "x", "--features", "0", "--mode", "reverse"])
     assert "invalid choice" in capsys.readouterr().err
     assert cli.main(["dependence", "--responses", str(tmp_path / "nope.npz")]) == 2
     assert "not found" in capsys.readouterr().err

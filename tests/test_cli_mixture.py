@@ -62,7 +62,8 @@ def test_cli_mixture_bad_input_exits_2_with_message(tmp_path, capsys, argv, mess
 
 def test_cli_registers_mixture_and_imports_lazily():
     args = build_parser().parse_args(["mixture", "--out", "x"])
-    assert args.command == "mixture" and args.n_points == 2000 and args.points == "path"
+    # n_points None: the size's own (2000 full, 300 with --quick)
+    assert args.command == "mixture" and args.n_points is None and args.points == "path"
     code = "import sys, causal_delta.commands.mixture as m; print('torch' in sys.modules, bool(m.HELP))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.split() == ["False", "True"]

@@ -15,7 +15,7 @@ from causal_delta.paths import VelocityField
 from causal_delta.solvers import integrate, time_grid
 
 F64 = torch.float64
-SHAPES = {"mlp-1d": (1,), "mlp-2d": (2,), "mlp-small": (3,), "unet-28": (1, 8, 8), "unet-64": (3, 8, 8),
+SHAPES = {"mlp-2d": (2,), "mlp-small": (3,), "unet-28": (1, 8, 8), "unet-64": (3, 8, 8),
           "unet-small": (1, 8, 8)}
 
 

@@ -21,7 +21,6 @@ from causal_delta.models import (
 
 # small event shapes keep the big presets cheap
 SHAPES = {
-    "mlp-1d": (1,),
     "mlp-2d": (2,),
     "mlp-small": (2,),
     "unet-28": (1, 8, 8),
@@ -114,7 +113,7 @@ def test_classifiers_forward_jvp():
     "model",
     [
         lambda: build_model("unet-small", event_shape=(1, 8, 8), num_res_blocks=(1, 0, 2)),
-        lambda: build_model("mlp-1d", event_shape=(3,), time_embed=8),
+        lambda: build_model("mlp-small", event_shape=(3,), time_embed=8),
         lambda: ImageClassifier(3, 5, (8, 6), width=16),
         lambda: MLPClassifier((2, 2), 3),
     ],

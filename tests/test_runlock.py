@@ -77,7 +77,7 @@ def test_every_command_with_an_out_option_declares_its_outputs(name):
     mod = importlib.import_module(f"causal_delta.commands.{cli.COMMANDS[name]}")
     parser = argparse.ArgumentParser()
     mod.add_arguments(parser)
-    if any(a.dest == "out" for a in parser._actions):
+    if any("--out" in a.option_strings for a in parser._actions):
         assert callable(getattr(mod, "outputs", None)), f"causal-delta {name} writes --out but has no outputs(args)"
 
 

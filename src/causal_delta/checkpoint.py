@@ -44,10 +44,12 @@ __all__ = [
     "list_checkpoints",
     "resolve_checkpoint",
     "load_flow",
+    "FORMAT_VERSION",
 ]
 
 _MODEL, _EMA, _STATE, _META, _LATEST = "model.safetensors", "ema.safetensors", "state.pt", "meta.json", "latest"
 FORMAT_VERSION = 1
+"""Layout version written into ``meta.json`` as ``"format"``; :func:`load_checkpoint` reads only this one."""
 
 
 class CheckpointError(ValueError):
@@ -237,13 +239,32 @@ def _load_safetensors(path: Path, data: bytes) -> dict[str, Tensor]:
         raise CheckpointError(f"checkpoint file {path} is truncated or corrupt: {exc}") from exc
 
 
+def _check_format(meta: dict[str, Any], meta_path: Path) -> None:
+    """``CheckpointError`` naming the file and both versions unless ``meta["format"]`` is ours.
+
+    Checked before any other file is read, so a newer layout fails with this message rather than
+    with a missing or unreadable file.
+    """
+    fmt = meta.get("format")
+    if fmt == FORMAT_VERSION and not isinstance(fmt, bool):
+        return
+    written = meta.get("causal_delta_version")
+    written = f"causal-delta {written}" if written else "an unknown writer"
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint file {meta_path} has format {fmt} (written by {written}), "
+                              f"newer than format {FORMAT_VERSION} that causal-delta {__version__} reads; "
+                              f"upgrade causal-delta")
+    raise CheckpointError(f"checkpoint file {meta_path} has format {fmt!r} (written by {written}), not a format "
+                          f"causal-delta {__version__} reads (format {FORMAT_VERSION})")
+
+
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint (see :func:`resolve_checkpoint` for the accepted paths).
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
-        CheckpointError: (a ``ValueError``) a file is missing, truncated or corrupt; the message
-            names the file.
+        CheckpointError: (a ``ValueError``) a file is missing, truncated or corrupt, or ``meta.json``
+            has another ``format`` than :data:`FORMAT_VERSION`; the message names the file.
     """
     ckpt = resolve_checkpoint(path)
     meta_path = ckpt / _META
@@ -254,6 +275,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         step = int(meta["step"])
     except Exception as exc:
         raise CheckpointError(f"checkpoint file {meta_path} is truncated or corrupt: {exc}") from exc
+    _check_format(meta, meta_path)
     model_state = _load_safetensors(ckpt / _MODEL, _read_verified(ckpt / _MODEL, files.get(_MODEL)))
     ema_state = None
     if _EMA in files:

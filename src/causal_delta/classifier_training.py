@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,121 +42,19 @@ from torch import Tensor
 
 from ._classifier_data import _fingerprint, _load_data, read_npz
 from ._classifier_report import _summary, evaluate_classifier, roc_auc
-from ._validation import check_nonnegative, check_positive_int
 from .models.readout import HEADS, AttributeClassifier
+from .train_config import ClassifierTrainConfig
 
 __all__ = [
     "HEADS",
     "ClassifierTrainConfig",
     "ClassifierTrainResult",
-    "AttributeClassifier",
     "train_classifier",
     "load_classifier",
     "evaluate_classifier",
     "read_npz",
     "roc_auc",
 ]
-
-
-@dataclass
-class ClassifierTrainConfig:
-    """Everything that defines a read-out training run (saved as JSON in every checkpoint).
-
-    Attributes:
-        data: ``"celeba"``, a path to a ``.npz`` file (``images``, ``targets``, optional
-            ``attributes``), or ``"tensors"`` (``images`` / ``targets`` given to
-            :func:`train_classifier`).
-        celeba_root: CelebA folder (``data="celeba"``).
-        attributes: attribute names: CelebA names to train on (``None``: all 40); for other
-            data the names of the target columns (``None``: ``attr_0, attr_1, ...``).
-        image_size: CelebA images are centre-cropped and resized to this (64 as the paper).
-        limit: at most this many training examples (CelebA; ``None``: all).
-        eval_limit: at most this many held-out examples (CelebA; ``None``: all).
-        holdout_fraction: share held out for the report (npz / tensors).
-        arch: :data:`causal_delta.models.CLASSIFIER_ARCHS` (``"small-cnn"``, ``"resnet50"``, ...).
-        model_args: overrides of the architecture's hyper-parameters.
-        weights_path: local file with backbone weights (ResNet only, e.g. ImageNet); never downloaded.
-        head: ``"binary"`` (BCE with logits) or ``"regression"`` (MSE on standardised targets).
-        steps, batch_size, lr, weight_decay, lr_schedule, warmup_steps, grad_clip, seed,
-        checkpoint_every, keep_checkpoints, out_dir, device: as in
-            :class:`causal_delta.training.TrainConfig`.
-        eval_batch_size: batch size of the held-out evaluation.
-    """
-
-    data: str = "tensors"
-    celeba_root: str | None = None
-    attributes: list[str] | None = None
-    image_size: int = 64
-    limit: int | None = None
-    eval_limit: int | None = None
-    holdout_fraction: float = 0.1
-    arch: str = "small-cnn"
-    model_args: dict[str, Any] = field(default_factory=dict)
-    weights_path: str | None = None
-    head: str = "binary"
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 3
-    eval_batch_size: int = 256
-    out_dir: str = "runs/classifier"
-    device: str = "auto"
-
-    def validate(self) -> ClassifierTrainConfig:
-        """Raise ``ValueError`` naming the first invalid field; return ``self``."""
-        from .models import CLASSIFIER_ARCHS
-        from .training import LR_SCHEDULES, resolve_device
-
-        if not isinstance(self.data, str) or not self.data:
-            raise ValueError(f"data must be 'celeba', 'tensors' or a path to a .npz file, got {self.data!r}")
-        if self.data == "celeba" and not self.celeba_root:
-            raise ValueError("data 'celeba' needs celeba_root (--celeba-root): the CelebA folder")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.arch not in CLASSIFIER_ARCHS:
-            raise ValueError(f"arch must be one of {CLASSIFIER_ARCHS}, got {self.arch!r}")
-        if self.weights_path is not None and not self.arch.startswith("resnet"):
-            raise ValueError(f"weights_path is for the ResNet architectures, not arch {self.arch!r}")
-        for name in ("steps", "batch_size", "eval_batch_size", "image_size"):
-            check_positive_int(name, getattr(self, name))
-        for name in ("limit", "eval_limit"):
-            if getattr(self, name) is not None:
-                check_positive_int(name, getattr(self, name))
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        check_nonnegative("weight_decay", self.weight_decay)
-        if not 0.0 < float(self.holdout_fraction) < 1.0:
-            raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
-        for name in ("seed", "checkpoint_every", "keep_checkpoints", "warmup_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.attributes is not None:
-            if isinstance(self.attributes, str) or not all(isinstance(a, str) for a in self.attributes):
-                raise ValueError(f"attributes must be a list of names, got {self.attributes!r}")
-            self.attributes = list(self.attributes)
-        resolve_device(self.device)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClassifierTrainConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown ClassifierTrainConfig field(s) {unknown}")
-        return cls(**d)
 
 
 @dataclass

@@ -52,8 +52,16 @@ def _command_modules():
         yield name, importlib.import_module(f"causal_delta.commands.{module}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``prog: error: ...``), exit status 2 as before."""
+
+    def error(self, message: str):  # type: ignore[override]
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="causal-delta",
         description="Jacobian-based dependency analysis of flow-matching generative models "
         "(Causality-Delta, arXiv 2602.02793).",

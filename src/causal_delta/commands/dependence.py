@@ -7,8 +7,12 @@ Reads the ``responses.npz`` written by ``causal-delta jvp`` and writes ``report.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "format_table"]
+from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
+
+__all__ = ["HELP", "DESCRIPTION", "CONFIG", "DependenceConfig", "add_arguments", "outputs", "run", "format_table"]
 
 HELP = "correlations, bootstrap CIs, conditioning and threshold sweeps of JVP responses"
 DESCRIPTION = (
@@ -20,42 +24,33 @@ DESCRIPTION = (
 )
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+@dataclass
+class DependenceConfig:
+    """The options of ``causal-delta dependence``."""
+
+    responses: str = option(help="responses.npz from `causal-delta jvp`")
+    n_boot: int = option(1000, help="bootstrap replicates")
+    level: float = option(0.95, help="confidence level")
+    seed: int = option(0, help="bootstrap seed")
+    interval: Literal["bca", "percentile"] = option(
+        "bca", help="bootstrap interval: bias-corrected and accelerated (default) or percentile")
+    condition_on: int | None = option(None, metavar="K",
+                                      help="feature index k: keep samples with small |Δy_k| and recompute")
+    quantile: float | None = option(None, group="threshold",
+                                    help="keep the fraction q of samples with the smallest |Δy_k| (default 0.17)")
+    threshold: float | None = option(None, group="threshold", help="keep samples with |Δy_k| <= threshold")
+    pair: tuple[int, int] | None = option(None, metavar="I,J",
+                                          help="feature pair 'i,j' for the threshold-sensitivity sweep (default: "
+                                               "the first two features other than K)")
+    quantiles: tuple[float, ...] = option((1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05), help="kept fractions of the sweep")
+    out: str = option("runs/dependence", help="output directory")
 
 
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(t) for t in text.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected two comma-separated feature indices 'i,j', got {text!r}")
-    return parts[0], parts[1]
+CONFIG = DependenceConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--responses", required=True, help="responses.npz from `causal-delta jvp`")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
-    parser.add_argument("--level", type=float, default=0.95, help="confidence level")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--interval", choices=("bca", "percentile"), default="bca",
-                        help="bootstrap interval: bias-corrected and accelerated (default) or percentile")
-    parser.add_argument("--condition-on", type=int, default=None, metavar="K",
-                        help="feature index k: keep samples with small |Δy_k| and recompute")
-    thr = parser.add_mutually_exclusive_group()
-    thr.add_argument("--quantile", type=float, default=None,
-                     help="keep the fraction q of samples with the smallest |Δy_k| (default 0.17)")
-    thr.add_argument("--threshold", type=float, default=None, help="keep samples with |Δy_k| <= threshold")
-    parser.add_argument("--pair", type=_pair, default=None,
-                        help="feature pair 'i,j' for the threshold-sensitivity sweep (default: the "
-                             "first two features other than K)")
-    parser.add_argument("--quantiles", type=_floats, default=[1.0, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05],
-                        help="kept fractions of the sweep")
-    parser.add_argument("--out", type=str, default="runs/dependence", help="output directory")
+    add_dataclass_arguments(parser, CONFIG)
 
 
 def outputs(args: argparse.Namespace):
@@ -130,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
     from .. import report
     from .._validation import check_positive_int
 
-    path = Path(args.responses)
+    c = from_namespace(CONFIG, args)
+    path = Path(c.responses)
     if not path.is_file():
         raise FileNotFoundError(f"--responses file not found: {path}")
-    check_positive_int("--n-boot", args.n_boot)
+    check_positive_int("--n-boot", c.n_boot)
     try:
         data = np.load(path)
         dy = torch.from_numpy(np.asarray(data["responses"], dtype=np.float64))
@@ -150,13 +146,14 @@ def run(args: argparse.Namespace) -> int:
         truth = None  # a table written for other features: do not guess
     if groups is not None and bool((torch.bincount(groups) <= 1).all()):
         groups = None  # one probe per sample: the ordinary bootstrap
-    out = Path(args.out)
+    out = Path(c.out)
 
-    boot = D.bootstrap(dy, n_boot=args.n_boot, level=args.level, seed=args.seed, groups=groups,
-                       interval=args.interval)
+    boot = D.bootstrap(dy, n_boot=c.n_boot, level=c.level, seed=c.seed, groups=groups,
+                       interval=c.interval)
     centred = D.correlation(dy, centered=True)
     rep: dict = {
         "command": "dependence",
+        "config": config_to_dict(c),
         "responses_file": str(path),
         "n_responses": int(dy.shape[0]),
         "features": names,
@@ -165,10 +162,10 @@ def run(args: argparse.Namespace) -> int:
         "ci_lower": boot.lower,
         "ci_upper": boot.upper,
         "se": boot.se,
-        "level": args.level,
-        "n_boot": args.n_boot,
+        "level": c.level,
+        "n_boot": c.n_boot,
         "interval": boot.interval,
-        "seed": args.seed,
+        "seed": c.seed,
         "bootstrap_groups": "samples" if groups is not None else "rows",
         "corr_centred_pearson": centred,
         "n_samples": n_samples,
@@ -176,25 +173,24 @@ def run(args: argparse.Namespace) -> int:
     }
     _heatmap(boot.estimate.numpy(), names, out / "corr.png", "uncentred JVP correlation")
 
-    if args.condition_on is not None:
-        k = args.condition_on
+    if c.condition_on is not None:
+        k = c.condition_on
         if not 0 <= k < m:
             raise ValueError(f"--condition-on must be a feature index in [0, {m}), got {k}")
-        if args.threshold is None and args.quantile is None:
-            args.quantile = 0.17
-        cond = D.condition(dy, k, threshold=args.threshold, quantile=args.quantile, n_boot=args.n_boot,
-                           seed=args.seed, level=args.level, interval=args.interval)
-        pair = args.pair
+        quantile = 0.17 if c.threshold is None and c.quantile is None else c.quantile
+        cond = D.condition(dy, k, threshold=c.threshold, quantile=quantile, n_boot=c.n_boot,
+                           seed=c.seed, level=c.level, interval=c.interval)
+        pair = c.pair
         if pair is None:
             others = [i for i in range(m) if i != k]
             if len(others) < 2:
                 raise ValueError("the sensitivity sweep needs two features other than --condition-on; give --pair")
             pair = (others[0], others[1])
-        for q in args.quantiles:
+        for q in c.quantiles:
             if not 0 < q <= 1:
                 raise ValueError(f"--quantiles must lie in (0, 1], got {q}")
-        sweep = D.threshold_sweep(dy, k, pair, quantiles=args.quantiles, n_boot=args.n_boot, seed=args.seed,
-                                  level=args.level, interval=args.interval)
+        sweep = D.threshold_sweep(dy, k, pair, quantiles=c.quantiles, n_boot=c.n_boot, seed=c.seed,
+                                  level=c.level, interval=c.interval)
         rep["conditioning"] = {
             "note": "conditioning on a small response of feature k, not a do-intervention",
             "k": k,
@@ -215,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         ax.set_xscale("log")
         ax.set_xlabel(f"kept fraction (smallest |Δy| of {names[k]})")
         ax.set_ylabel(f"Corr({names[pair[0]]}, {names[pair[1]]})")
-        ax.set_title(f"conditioning sensitivity ({int(100 * args.level)} % bootstrap CI)", fontsize=9)
+        ax.set_title(f"conditioning sensitivity ({int(100 * c.level)} % bootstrap CI)", fontsize=9)
         report.save_figure(fig, out / "sweep.png")
     report.write_json(out / "report.json", rep)
     print(format_table(boot, names, n_samples, truth))

@@ -17,8 +17,13 @@ source with the independent coupling; for a fixed coupling ``N(0, I)``).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "load_training_set"]
+from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
+from ._model import FlowSource
+
+__all__ = ["HELP", "DESCRIPTION", "CONFIG", "DiagnoseConfig", "add_arguments", "outputs", "run", "load_training_set"]
 
 HELP = "diagnose a trained flow (memorisation: own-pair fraction, copy ratio, MMD, gradient variance)"
 DESCRIPTION = ("Diagnose whether a trained flow memorised its training pairs: own-pair fraction, nearest-copy "
@@ -26,27 +31,35 @@ DESCRIPTION = ("Diagnose whether a trained flow memorised its training pairs: ow
                "(report.json, PNGs, summary.md in --out).")
 
 
+@dataclass(kw_only=True)
+class DiagnoseConfig(FlowSource):
+    """The options of ``causal-delta diagnose``."""
+
+    what: Literal["memorisation"] = option(positional=True, help="which diagnostic")
+    train_data: str | None = option(None, metavar="FILE",
+                                    help="training pairs (.npz x0/x1 or .npy (N, 2, *event)) or targets; default: "
+                                         "the data recorded in the checkpoint")
+    heldout: str | None = option(None, metavar="FILE", help="held-out targets for the generalisation MMD")
+    out: str = option("runs/diagnose", help="output folder")
+    solver: Literal["euler", "midpoint", "rk4"] = option("rk4", help="ODE solver")
+    steps: int = option(50, help="solver steps")
+    n_fresh: int = option(0, help="fresh sources (0: as many as training rows, <= 2048)")
+    t_grid: tuple[float, ...] | None = option(None, help="comma-separated times of the gradient-variance curve")
+    grad_samples: int = option(0, help="pairs per t (0: all, <= 1024)")
+    sigma: float | None = option(None, help="interpolant noise for the gradient variance (default: the run's)")
+    jacobian_points: int = option(8, help="points per group for J_f spectra (0 skips)")
+    jacobian_k: int = option(5, help="singular values per point")
+    bandwidth: float | None = option(None, help="MMD kernel width (default: median heuristic)")
+    seed: int = option(0, help="seed of the fresh sources and subsamples")
+    ema: bool = option(True, help="use the EMA weights (--no-ema: the raw weights)")
+    progress: bool = option(True, help="show progress bars")
+
+
+CONFIG = DiagnoseConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=("memorisation",), help="which diagnostic")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
-    parser.add_argument("--train-data", default=None, metavar="FILE",
-                        help="training pairs (.npz x0/x1 or .npy (N, 2, *event)) or targets; default: "
-                             "the data recorded in the checkpoint")
-    parser.add_argument("--heldout", default=None, metavar="FILE", help="held-out targets for the generalisation MMD")
-    parser.add_argument("--out", default="runs/diagnose", help="output folder")
-    parser.add_argument("--solver", choices=("euler", "midpoint", "rk4"), default="rk4")
-    parser.add_argument("--steps", type=int, default=50, help="solver steps")
-    parser.add_argument("--n-fresh", type=int, default=0, help="fresh sources (0: as many as training rows, <= 2048)")
-    parser.add_argument("--t-grid", default=None, help="comma-separated times of the gradient-variance curve")
-    parser.add_argument("--grad-samples", type=int, default=0, help="pairs per t (0: all, <= 1024)")
-    parser.add_argument("--sigma", type=float, default=None,
-                        help="interpolant noise for the gradient variance (default: the run's)")
-    parser.add_argument("--jacobian-points", type=int, default=8, help="points per group for J_f spectra (0 skips)")
-    parser.add_argument("--jacobian-k", type=int, default=5, help="singular values per point")
-    parser.add_argument("--bandwidth", type=float, default=None, help="MMD kernel width (default: median heuristic)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_dataclass_arguments(parser, CONFIG)
 
 
 def outputs(args: argparse.Namespace):
@@ -78,6 +91,8 @@ def load_training_set(path: str | None, info: dict):
         src = load_data_source(str(p))
     else:
         cfg = info["train_config"]
+        if "data" not in cfg:
+            raise ValueError("give the training set with --train-data FILE (the flow records no training data)")
         if cfg.get("coupling") == "fixed":
             pairs = paired_source(cfg["data"], cfg.get("data_args"), cfg.get("source"), cfg.get("source_args"))
             return pairs.x0, pairs.x1
@@ -92,45 +107,43 @@ def load_training_set(path: str | None, info: dict):
 
 def run(args: argparse.Namespace) -> int:
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
     from ..datasets import TensorSource, load_data_source
     from ..diagnostics import MemorisationConfig, diagnose_memorisation, one_line_summary, write_memorisation_report
     from ..paths import GaussianSource
     from ..training import make_source
+    from ._model import load_velocity
 
-    check_positive_int("--steps", args.steps)
+    c = from_namespace(CONFIG, args)
+    check_positive_int("--steps", c.steps)
     for name in ("n_fresh", "grad_samples", "jacobian_points"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(args, name)}")
-    check_positive_int("--jacobian-k", args.jacobian_k)
-    t_grid = MemorisationConfig.t_grid
-    if args.t_grid is not None:
-        try:
-            t_grid = tuple(float(v) for v in args.t_grid.split(",") if v.strip())
-        except ValueError:
-            raise ValueError(f"--t-grid must be comma-separated numbers in [0, 1], got {args.t_grid!r}") from None
-    flow, info = load_flow(args.checkpoint, use_ema=not args.no_ema)
-    sources, targets = load_training_set(args.train_data, info)
+        if getattr(c, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(c, name)}")
+    check_positive_int("--jacobian-k", c.jacobian_k)
+    t_grid = MemorisationConfig.t_grid if c.t_grid is None else c.t_grid
+    flow, info = load_velocity(c, use_ema=c.ema)
+    sources, targets = load_training_set(c.train_data, info)
     heldout = None
-    if args.heldout is not None:
-        held = load_data_source(args.heldout)
+    if c.heldout is not None:
+        held = load_data_source(c.heldout)
         if not isinstance(held, TensorSource):
-            raise ValueError(f"--heldout must be a data file, got {args.heldout!r}")
+            raise ValueError(f"--heldout must be a data file, got {c.heldout!r}")
         heldout = held.data
     cfg = info["train_config"]
     fresh = (GaussianSource(info["event_shape"]) if cfg.get("coupling") == "fixed"
              else make_source(cfg, info["event_shape"]))
-    config = MemorisationConfig(method=args.solver, steps=args.steps, n_fresh=args.n_fresh, t_grid=t_grid,
-                                grad_samples=args.grad_samples, sigma=args.sigma,
-                                jacobian_points=args.jacobian_points, jacobian_k=args.jacobian_k,
-                                bandwidth=args.bandwidth, seed=args.seed)
+    config = MemorisationConfig(method=c.solver, steps=c.steps, n_fresh=c.n_fresh, t_grid=t_grid,
+                                grad_samples=c.grad_samples, sigma=c.sigma,
+                                jacobian_points=c.jacobian_points, jacobian_k=c.jacobian_k,
+                                bandwidth=c.bandwidth, seed=c.seed)
     report = diagnose_memorisation(flow, targets, sources=sources, heldout=heldout, fresh_source=fresh,
                                    config=config, train_sigma=float(cfg.get("sigma", 0.0)),
-                                   progress=not args.no_progress)
+                                   progress=c.progress)
     report["checkpoint"] = {k: info[k] for k in ("path", "step", "preset", "used_ema")}
     report["checkpoint"]["coupling"] = cfg.get("coupling", "independent")
     report["checkpoint"]["sigma"] = cfg.get("sigma", 0.0)
-    write_memorisation_report(report, args.out)
+    report["memorisation_config"] = report.pop("config")  # the library's settings, derived from these
+    report["config"] = config_to_dict(c)
+    write_memorisation_report(report, c.out)
     print(one_line_summary(report))
-    print(f"wrote {args.out}/report.json, summary.md and figures")
+    print(f"wrote {c.out}/report.json, summary.md and figures")
     return 0

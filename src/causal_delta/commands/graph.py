@@ -8,8 +8,13 @@ and ``summary.md`` (the edges where the graphs differ).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run"]
+from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
+from ._model import FlowSource
+
+__all__ = ["HELP", "DESCRIPTION", "CONFIG", "GraphConfig", "add_arguments", "outputs", "run"]
 
 HELP = "causal graph of a trained flow (PC with the JVP CI test) beside PC on labels"
 DESCRIPTION = (
@@ -24,31 +29,39 @@ DESCRIPTION = (
 )
 
 
+@dataclass(kw_only=True)
+class GraphConfig(FlowSource):
+    """The options of ``causal-delta graph``."""
+
+    classifier: str | None = option(None, help="attribute classifier checkpoint (read-out C)")
+    attributes: tuple[str, ...] | None = option(None, nargs="+", metavar="NAME",
+                                                 help="attribute names or indices, space- or comma-separated "
+                                                      "(default: all read-out outputs)")
+    labels: str | None = option(None, help=".npy / .csv (header row = names) labels, or a CelebA folder or "
+                                           "list_attr_celeba.txt (default for tabular flows: the training data file)")
+    test: Literal["auto", "chisq", "gsq", "fisherz"] = option(
+        "auto", help="CI test of the labels' PC (auto: chisq for integer labels, else fisherz)")
+    estimator: Literal["condition", "hold_fixed"] = option("condition", help="the JVP conditional-independence test")
+    alpha: float = option(0.05, help="significance level of both PCs")
+    depth: int = option(-1, help="largest conditioning set (-1: unbounded)")
+    quantile: float = option(0.05, help="kept fraction when conditioning on small responses")
+    n_boot: int = option(200, help="bootstrap replicates per CI test")
+    n_samples: int = option(2000, short="-n", help="source samples x0")
+    probes: int = option(1, help="probe directions per sample")
+    solver: Literal["euler", "midpoint", "rk4"] = option("rk4", help="ODE solver")
+    steps: int = option(50, help="solver steps")
+    dtype: Literal["float32", "float64"] = option("float32", help="precision of the flow and the JVP")
+    batch_size: int = option(256, help="samples per batch")
+    seed: int = option(0, help="seed of x0, probes and the bootstrap")
+    ema: bool = option(True, help="use the EMA weights (--no-ema: the raw weights)")
+    out: str = option("runs/graph", help="output directory")
+
+
+CONFIG = GraphConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="flow checkpoint (run dir or checkpoint dir)")
-    parser.add_argument("--classifier", default=None, help="attribute classifier checkpoint (read-out C)")
-    parser.add_argument("--attributes", default=None,
-                        help="comma-separated attribute names or indices (default: all read-out outputs)")
-    parser.add_argument("--labels", default=None,
-                        help=".npy / .csv (header row = names) labels, or a CelebA folder or "
-                             "list_attr_celeba.txt (default for tabular flows: the training data file)")
-    parser.add_argument("--test", choices=("auto", "chisq", "gsq", "fisherz"), default="auto",
-                        help="CI test of the labels' PC (auto: chisq for integer labels, else fisherz)")
-    parser.add_argument("--estimator", choices=("condition", "hold_fixed"), default="condition")
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of both PCs")
-    parser.add_argument("--depth", type=int, default=-1, help="largest conditioning set (-1: unbounded)")
-    parser.add_argument("--quantile", type=float, default=0.05,
-                        help="kept fraction when conditioning on small responses")
-    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates per CI test")
-    parser.add_argument("--n-samples", type=int, default=2000, help="source samples x0")
-    parser.add_argument("--probes", type=int, default=1, help="probe directions per sample")
-    parser.add_argument("--solver", choices=("euler", "midpoint", "rk4"), default="rk4")
-    parser.add_argument("--steps", type=int, default=50, help="solver steps")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--batch-size", type=int, default=256, help="samples per batch")
-    parser.add_argument("--seed", type=int, default=0, help="seed of x0, probes and the bootstrap")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
-    parser.add_argument("--out", default="runs/graph", help="output directory")
+    add_dataclass_arguments(parser, CONFIG)
 
 
 def _csv_header(path) -> list[str] | None:
@@ -67,14 +80,12 @@ def _csv_header(path) -> list[str] | None:
         return cells
 
 
-def _resolve_attributes(spec: str | None, known: list[str]) -> list[int]:
+def _resolve_attributes(spec: tuple[str, ...] | None, known: list[str]) -> list[int]:
     if spec is None:
         idx = list(range(len(known)))
     else:
         idx = []
-        for tok in (t.strip() for t in spec.split(",")):
-            if not tok:
-                continue
+        for tok in spec:
             if tok in known:
                 idx.append(known.index(tok))
             elif tok.lstrip("-").isdigit():
@@ -85,7 +96,7 @@ def _resolve_attributes(spec: str | None, known: list[str]) -> list[int]:
             else:
                 raise ValueError(f"--attributes: unknown attribute {tok!r}; known attributes are {known}")
     if len(idx) < 2 or len(set(idx)) != len(idx):
-        raise ValueError(f"--attributes must name at least 2 distinct attributes, got {spec!r}")
+        raise ValueError(f"--attributes must name at least 2 distinct attributes, got {','.join(spec or ())!r}")
     return idx
 
 
@@ -211,38 +222,39 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import report
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
     from ..dependence import correlation
     from ..graphs import ResponseOracle, jvp_pc, pc_labels, plot_graphs, shd, skeleton_shd
     from ..graphs.result import edge_differences
     from ..jvp import make_probes
+    from ._model import load_velocity
 
+    c = from_namespace(CONFIG, args)
     for name in ("n_samples", "probes", "steps", "batch_size", "n_boot"):
-        check_positive_int("--" + name.replace("_", "-"), getattr(args, name))
-    if not 0 < args.alpha < 1:
-        raise ValueError(f"--alpha must lie in (0, 1), got {args.alpha}")
-    if not 0 < args.quantile <= 1:
-        raise ValueError(f"--quantile must lie in (0, 1], got {args.quantile}")
+        check_positive_int("--" + name.replace("_", "-"), getattr(c, name))
+    if not 0 < c.alpha < 1:
+        raise ValueError(f"--alpha must lie in (0, 1), got {c.alpha}")
+    if not 0 < c.quantile <= 1:
+        raise ValueError(f"--quantile must lie in (0, 1], got {c.quantile}")
     start = time.perf_counter()
-    dtype = getattr(torch, args.dtype)
-    velocity, info = load_flow(args.checkpoint, use_ema=not args.no_ema)
+    dtype = getattr(torch, c.dtype)
+    velocity, info = load_velocity(c, use_ema=c.ema)
     velocity = velocity.to(dtype)
     event = tuple(info["event_shape"])
     d = math.prod(event)
-    gen = torch.Generator().manual_seed(args.seed)
-    x0 = torch.randn(args.n_samples, *event, generator=gen, dtype=dtype)
+    gen = torch.Generator().manual_seed(c.seed)
+    x0 = torch.randn(c.n_samples, *event, generator=gen, dtype=dtype)
     data_path = (info.get("train_config") or {}).get("data")
     clf_info, classifier, features = None, None, None
-    if args.classifier:
-        module, all_names, clf_info = _load_readout(args.classifier, not args.no_ema)
+    if c.classifier:
+        module, all_names, clf_info = _load_readout(c.classifier, c.ema)
         with torch.no_grad():
             m_out = module.to(dtype)(x0[:2]).reshape(2, -1).shape[1]
         if all_names is None:
             all_names = [f"logit{k}" for k in range(m_out)]
         if len(all_names) != m_out:
-            raise ValueError(f"classifier {args.classifier} outputs {m_out} values but names {len(all_names)} "
+            raise ValueError(f"classifier {c.classifier} outputs {m_out} values but names {len(all_names)} "
                              f"attributes ({all_names}); its outputs do not match its attribute list")
-        idx = _resolve_attributes(args.attributes, all_names)
+        idx = _resolve_attributes(c.attributes, all_names)
         classifier = _select(module, idx)
     else:
         if len(event) != 1:
@@ -251,29 +263,29 @@ def run(args: argparse.Namespace) -> int:
         all_names = _csv_header(data_path) if data_path else None
         if all_names is None or len(all_names) != d:
             all_names = [f"x{k}" for k in range(d)]
-        idx = _resolve_attributes(args.attributes, all_names)
+        idx = _resolve_attributes(c.attributes, all_names)
         features = idx
     names = [all_names[i] for i in idx]
-    z = make_probes(args.n_samples, event, probes=args.probes, generator=gen, dtype=dtype)
-    oracle = ResponseOracle(velocity, x0, z, classifier=classifier, features=features, method=args.solver,
-                            steps=args.steps, gradient_mode="forward" if d <= 64 else "reverse",
-                            batch_size=args.batch_size, progress=True)
-    jvp_graph = jvp_pc(oracle, names, estimator=args.estimator, alpha=args.alpha, depth=args.depth,
-                       quantile=args.quantile, n_boot=args.n_boot, seed=args.seed)
+    z = make_probes(c.n_samples, event, probes=c.probes, generator=gen, dtype=dtype)
+    oracle = ResponseOracle(velocity, x0, z, classifier=classifier, features=features, method=c.solver,
+                            steps=c.steps, gradient_mode="forward" if d <= 64 else "reverse",
+                            batch_size=c.batch_size, progress=True)
+    jvp_graph = jvp_pc(oracle, names, estimator=c.estimator, alpha=c.alpha, depth=c.depth,
+                       quantile=c.quantile, n_boot=c.n_boot, seed=c.seed)
     labels_graph, labels_source = None, None
-    labels_path = args.labels
+    labels_path = c.labels
     if labels_path is None and classifier is None and data_path and Path(str(data_path)).suffix.lower() in (".npy", ".csv"):
         labels_path = data_path  # tabular flow: its training data are the labels
     if labels_path is not None:
         labels, labels_source = _load_labels(str(labels_path), all_names, idx)
-        test = args.test
+        test = c.test
         if test == "auto":
             test = "chisq" if np.array_equal(labels, np.round(labels)) else "fisherz"
-        labels_graph = pc_labels(labels, names, test=test, alpha=args.alpha, depth=args.depth)
+        labels_graph = pc_labels(labels, names, test=test, alpha=c.alpha, depth=c.depth)
     dy = oracle.responses()
     rep = {
         "command": "graph",
-        "config": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"},
+        "config": config_to_dict(c),
         "flow": {k: info[k] for k in ("path", "step", "event_shape", "parametrization", "preset", "used_ema")},
         "classifier": clf_info,
         "attributes": names,
@@ -288,11 +300,11 @@ def run(args: argparse.Namespace) -> int:
         "skeleton_shd": skeleton_shd(jvp_graph, labels_graph) if labels_graph is not None else None,
         "seconds": time.perf_counter() - start,
     }
-    out = Path(args.out)
+    out = Path(c.out)
     report.write_json(out / "report.json", rep)
     dot = jvp_graph.to_dot("generator") + (labels_graph.to_dot("labels") if labels_graph is not None else "")
     report.write_text(out / "graphs.dot", dot)
-    panels = [(f"generator (JVP-PC, {args.estimator})", jvp_graph)]
+    panels = [(f"generator (JVP-PC, {c.estimator})", jvp_graph)]
     if labels_graph is not None:
         panels.append((f"labels (PC, {labels_graph.test})", labels_graph))
     plot_graphs(panels, out / "graphs.png")

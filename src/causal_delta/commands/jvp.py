@@ -7,8 +7,14 @@ Writes ``responses.npz`` (``responses`` (n·P, m), ``sample_index``, ``features`
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "parse_features", "feature_labels"]
+from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
+from ._model import FlowSource
+
+__all__ = ["HELP", "DESCRIPTION", "CONFIG", "JvpConfig", "add_arguments", "outputs", "run", "parse_features",
+           "feature_labels"]
 
 MAX_IDENTITY_FEATURES = 64
 """Without --features or --classifier, samples of at most this many coordinates are read whole."""
@@ -22,34 +28,41 @@ DESCRIPTION = (
 )
 
 
+@dataclass(kw_only=True)
+class JvpConfig(FlowSource):
+    """The options of ``causal-delta jvp``."""
+
+    n_samples: int = option(256, short="-n", deprecated=("--n",), help="number of source samples x0")
+    probes: int = option(1, help="probe directions per sample")
+    mode: Literal["forward", "fd", "central"] = option(
+        "forward", deprecated=("--method",),
+        help="how the JVP is computed: forward-mode AD (exact for the discretised flow), forward differences "
+             "or central differences")
+    eps: float | None = option(None, help="finite-difference step (default: sqrt / cbrt of the dtype's machine eps)")
+    solver: Literal["euler", "midpoint", "rk4", "dopri5"] = option("rk4", help="ODE solver")
+    steps: int = option(100, help="solver steps (ignored by adaptive dopri5)")
+    features: str | None = option(
+        None, group="readout",
+        help="pixels to read: comma-separated flattened indices, or colon-separated multi-indices into the sample "
+             "shape (e.g. '0:14:8,0:15:8'; missing leading dimensions are 0). Default without --classifier: every "
+             f"coordinate, for samples of at most {MAX_IDENTITY_FEATURES} coordinates")
+    classifier: str | None = option(None, group="readout", help="classifier checkpoint; responses are its logits")
+    probe_kind: Literal["gaussian", "rademacher"] = option("gaussian", help="distribution of the probes")
+    normalize: bool = option(True, help="rescale probes to unit norm (the paper's CelebA script used unit "
+                                        "directions)")
+    dtype: Literal["float32", "float64"] = option("float32", help="precision of the flow and the JVP")
+    batch_size: int = option(64, help="samples per batch")
+    seed: int = option(0, help="seed of x0 and the probes")
+    ema: bool = option(True, help="use the EMA weights (--no-ema: the raw weights)")
+    save_samples: bool = option(False, help="also store x0 and f(x0) in the npz")
+    out: str = option("runs/jvp", help="output directory")
+
+
+CONFIG = JvpConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="flow checkpoint (run dir or checkpoint dir)")
-    parser.add_argument("-n", "--n", type=int, default=256, help="number of source samples x0")
-    parser.add_argument("--probes", type=int, default=1, help="probe directions per sample")
-    parser.add_argument("--method", choices=("forward", "fd", "central"), default="forward",
-                        help="forward-mode AD (exact for the discretised flow) or finite differences")
-    parser.add_argument("--eps", type=float, default=None,
-                        help="finite-difference step (default: sqrt / cbrt of the dtype's machine eps)")
-    parser.add_argument("--solver", choices=("euler", "midpoint", "rk4", "dopri5"), default="rk4")
-    parser.add_argument("--steps", type=int, default=100, help="solver steps (ignored by adaptive dopri5)")
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--features", type=str, default=None,
-                      help="pixels to read: comma-separated flattened indices, or colon-separated "
-                           "multi-indices into the sample shape (e.g. '0:14:8,0:15:8'; missing "
-                           "leading dimensions are 0). Default without --classifier: every "
-                           f"coordinate, for samples of at most {MAX_IDENTITY_FEATURES} coordinates")
-    what.add_argument("--classifier", type=str, default=None,
-                      help="classifier checkpoint; responses are its logits")
-    parser.add_argument("--probe-kind", choices=("gaussian", "rademacher"), default="gaussian")
-    parser.add_argument("--no-normalize", action="store_true",
-                        help="do not rescale probes to unit norm (the paper's CelebA script used unit "
-                             "directions)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--batch-size", type=int, default=64, help="samples per batch")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
-    parser.add_argument("--save-samples", action="store_true", help="also store x0 and f(x0) in the npz")
-    parser.add_argument("--out", type=str, default="runs/jvp", help="output directory")
+    add_dataclass_arguments(parser, CONFIG)
 
 
 def outputs(args: argparse.Namespace):
@@ -130,48 +143,49 @@ def run(args: argparse.Namespace) -> int:
     from .. import jvp as J
     from .. import report
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
+    from ._model import load_velocity
 
-    check_positive_int("-n", args.n)
-    check_positive_int("--probes", args.probes)
-    check_positive_int("--steps", args.steps)
-    check_positive_int("--batch-size", args.batch_size)
-    if args.eps is not None and not args.eps > 0:
-        raise ValueError(f"--eps must be > 0, got {args.eps}")
-    if args.eps is not None and args.method == "forward":
-        raise ValueError("--eps applies to --method fd / central only")
-    dtype = getattr(torch, args.dtype)
-    out = Path(args.out)
+    c = from_namespace(CONFIG, args)
+    check_positive_int("-n", c.n_samples)
+    check_positive_int("--probes", c.probes)
+    check_positive_int("--steps", c.steps)
+    check_positive_int("--batch-size", c.batch_size)
+    if c.eps is not None and not c.eps > 0:
+        raise ValueError(f"--eps must be > 0, got {c.eps}")
+    if c.eps is not None and c.mode == "forward":
+        raise ValueError("--eps applies to --mode fd / central only")
+    dtype = getattr(torch, c.dtype)
+    out = Path(c.out)
 
-    velocity, info = load_flow(args.checkpoint, use_ema=not args.no_ema)
+    velocity, info = load_velocity(c, use_ema=c.ema)
     velocity = velocity.to(dtype)
     event = tuple(info["event_shape"])
     if not event:
         raise ValueError(f"checkpoint {info['path']} does not record its event_shape")
     classifier, clf_info, names, features = None, None, None, None
-    if args.classifier:
-        classifier, clf_info, names = _load_classifier(args.classifier, not args.no_ema)
+    if c.classifier:
+        classifier, clf_info, names = _load_classifier(c.classifier, c.ema)
         classifier = classifier.to(dtype)
-    elif args.features is None:
+    elif c.features is None:
         size = math.prod(event)
         if size > MAX_IDENTITY_FEATURES:
             raise ValueError(f"give --features or --classifier: the samples have {size} coordinates, and "
                              f"reading all of them is the default only up to {MAX_IDENTITY_FEATURES}")
         features = list(range(size))  # the identity read-out: every coordinate is a feature
     else:
-        features = parse_features(args.features, event)
+        features = parse_features(c.features, event)
     if names is None:
         names = feature_labels(features, event, (info.get("data") or {}).get("feature_names"))
 
     # Draw in float64 whatever --dtype is, then cast: the same --seed gives the same (x0, z)
     # pairs (to float32 rounding) in float32 and float64, so runs compare sample by sample.
-    gen = torch.Generator().manual_seed(args.seed)
-    x0 = torch.randn(args.n, *event, generator=gen, dtype=torch.float64).to(dtype)
-    z = J.make_probes(args.n, event, probes=args.probes, kind=args.probe_kind,
-                      normalize=not args.no_normalize, generator=gen, dtype=torch.float64).to(dtype)
+    gen = torch.Generator().manual_seed(c.seed)
+    x0 = torch.randn(c.n_samples, *event, generator=gen, dtype=torch.float64).to(dtype)
+    z = J.make_probes(c.n_samples, event, probes=c.probes, kind=c.probe_kind,
+                      normalize=c.normalize, generator=gen, dtype=torch.float64).to(dtype)
     start = time.perf_counter()
-    res = J.attribute_jvp(velocity, x0, z, classifier=classifier, features=features, mode=args.method,
-                          eps=args.eps, method=args.solver, steps=args.steps, batch_size=args.batch_size)
+    res = J.attribute_jvp(velocity, x0, z, classifier=classifier, features=features, mode=c.mode,
+                          eps=c.eps, method=c.solver, steps=c.steps, batch_size=c.batch_size)
     elapsed = time.perf_counter() - start
     dy = res.responses.detach().cpu().double().numpy()
     m = dy.shape[1]
@@ -190,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if truth is not None:
         arrays["truth_corr"] = truth
-    if args.save_samples:
+    if c.save_samples:
         arrays["x0"] = x0.cpu().numpy()
         if res.samples is not None:
             arrays["samples"] = res.samples.detach().cpu().numpy()
@@ -204,19 +218,20 @@ def run(args: argparse.Namespace) -> int:
     corr = correlation(torch.from_numpy(dy)) if dy.shape[0] >= 2 else None
     rep = {
         "command": "jvp",
-        "config": {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"},
-        "flow": {k: info[k] for k in ("path", "step", "event_shape", "parametrization", "preset", "used_ema")},
+        "config": config_to_dict(c),
+        "flow": {k: info[k] for k in ("path", "step", "event_shape", "parametrization", "preset", "used_ema", "adapter")
+                 if k in info},
         "data": info.get("data", {}),
         "classifier": clf_info,
         "units": "J z (derivative along the probe, not multiplied by eps)",
-        "n_samples": args.n,
-        "probes_per_sample": args.probes,
+        "n_samples": c.n_samples,
+        "probes_per_sample": c.probes,
         "n_responses": int(dy.shape[0]),
         "features": features,
         "names": names,
         "eps": res.eps,
-        "solver": {"method": args.solver, "steps": int(res.grid.numel() - 1), "nfe": res.nfe,
-                   "nfe_total": res.nfe_total, "batches": -(-args.n // args.batch_size),
+        "solver": {"method": c.solver, "steps": int(res.grid.numel() - 1), "nfe": res.nfe,
+                   "nfe_total": res.nfe_total, "batches": -(-c.n_samples // c.batch_size),
                    "nfe_note": "nfe: velocity evaluations per solve (one batch through the grid; "
                                "forward mode counts a primal+tangent call as one); nfe_total: all "
                                "batches together"},
@@ -229,5 +244,5 @@ def run(args: argparse.Namespace) -> int:
         "responses_file": npz_path.name,
     }
     report.write_json(out / "report.json", rep)
-    print(f"wrote {npz_path} ({dy.shape[0]} x {m} responses, {args.method}, {elapsed:.1f} s) and {out / 'report.json'}")
+    print(f"wrote {npz_path} ({dy.shape[0]} x {m} responses, {c.mode}, {elapsed:.1f} s) and {out / 'report.json'}")
     return 0

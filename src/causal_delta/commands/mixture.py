@@ -8,6 +8,10 @@ Thin wrapper over :func:`causal_delta.experiments.mixture.run_mixture`: builds a
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import add_dataclass_arguments, from_namespace, option
 
 HELP = "closed-form Gaussian mixture: analytic vs numerical and intervention Jacobians (Table 4, Figure 2)"
 
@@ -18,26 +22,36 @@ DESCRIPTION = (
     "summary.md into --out. Runs in seconds on a CPU."
 )
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run"]
+__all__ = ["HELP", "DESCRIPTION", "CONFIG", "MixtureCommandConfig", "add_arguments", "outputs", "run"]
+
+
+@dataclass
+class MixtureCommandConfig:
+    """The options of ``causal-delta mixture`` (mapped onto
+    :class:`~causal_delta.experiments.mixture.MixtureConfig` by :func:`run`)."""
+
+    out: str = option("runs/mixture", help="output folder")
+    seed: int = option(0, help="random seed (points, labels)")
+    n_points: int | None = option(None, help="evaluation points per time (default 2000, 300 with --quick)")
+    times: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 0.99), nargs="+",
+                                      help="times t in [0, 1] of the comparison")
+    points: Literal["path", "standard_normal"] = option(
+        "path", help="evaluation points: x_t on the flow-matching path, or x ~ N(0, I) as the original code")
+    fd_eps: float = option(1e-5, help="step of the float64 central differences")
+    fd_eps_float32: float = option(1e-6, help="step of the forward differences (the paper used 1e-6 in float32)")
+    intervention_label: Literal["generating", "sampled"] = option(
+        "generating", help="label K of the headline intervention Jacobian A_K(t): the component that generated "
+                           "the point, or K drawn from the responsibilities")
+    quick: bool = option(False, help="small run (300 points per time)")
+    progress: bool = option(True, help="show progress bars")
+
+
+CONFIG = MixtureCommandConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options on ``parser``."""
-    parser.add_argument("--out", default="runs/mixture", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (points, labels)")
-    parser.add_argument("--n-points", type=int, default=2000, help="evaluation points per time")
-    parser.add_argument("--times", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 0.99],
-                        help="times t in [0, 1] of the comparison")
-    parser.add_argument("--points", choices=("path", "standard_normal"), default="path",
-                        help="evaluation points: x_t on the flow-matching path, or x ~ N(0, I) as the original code")
-    parser.add_argument("--fd-eps", type=float, default=1e-5, help="step of the float64 central differences")
-    parser.add_argument("--fd-eps-float32", type=float, default=1e-6,
-                        help="step of the forward differences (the paper used 1e-6 in float32)")
-    parser.add_argument("--intervention-label", choices=("generating", "sampled"), default="generating",
-                        help="label K of the headline intervention Jacobian A_K(t): the component that "
-                             "generated the point, or K drawn from the responsibilities")
-    parser.add_argument("--quick", action="store_true", help="small run (300 points per time)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_dataclass_arguments(parser, CONFIG)
 
 
 def outputs(args: argparse.Namespace):
@@ -51,16 +65,17 @@ def run(args: argparse.Namespace) -> int:
     """Run the job; print where the results are. Returns 0."""
     from ..experiments.mixture import MixtureConfig, run_mixture
 
-    make = MixtureConfig.quick if args.quick else MixtureConfig.full
-    options = dict(seed=args.seed, times=tuple(args.times), figure_times=tuple(args.times), out_dir=args.out,
-                   points=args.points, fd_eps_central=args.fd_eps, fd_eps_float32=args.fd_eps_float32,
-                   intervention_label=args.intervention_label, progress=not args.no_progress)
-    if not args.quick or args.n_points != 2000:
-        options["n_points"] = args.n_points
+    c = from_namespace(CONFIG, args)
+    make = MixtureConfig.quick if c.quick else MixtureConfig.full
+    options = dict(seed=c.seed, times=c.times, figure_times=c.times, out_dir=c.out, points=c.points,
+                   fd_eps_central=c.fd_eps, fd_eps_float32=c.fd_eps_float32,
+                   intervention_label=c.intervention_label, progress=c.progress)
+    if c.n_points is not None:
+        options["n_points"] = c.n_points
     report = run_mixture(make(**options))
     res = report["results"]
-    print(f"mixture: wrote report.json, summary.md and {', '.join(report['figures'])} to {args.out}")
-    chosen = f"intervention_{args.intervention_label}"
+    print(f"mixture: wrote report.json, summary.md and {', '.join(report['figures'])} to {c.out}")
+    chosen = f"intervention_{c.intervention_label}"
     for i, t in enumerate(res["times"]):
         g = res["gap_mean"]
         print(f"  t={t:.2f}  jacfwd {g['autodiff_jacfwd_float64'][i]:.1e}"

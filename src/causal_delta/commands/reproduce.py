@@ -5,13 +5,27 @@ Each experiment writes ``report.json``, PNG figures and ``summary.md`` into ``--
 ``summary.md``). ``--quick`` runs the CI-sized configuration (``all --quick`` takes a few
 minutes on a 2-core CPU); without it the paper's sizes are used, which for ``pixels`` means
 hours of training on a CPU. ``--set key=value`` overrides any field of the experiment's
-config dataclass (e.g. ``--set train_steps=3000``).
+config dataclass (e.g. ``--set train_steps=3000``), parsed by the field's annotation
+(:func:`causal_delta.config.apply_overrides`); ``all --set`` applies a key to the experiments
+that have it and refuses a key that none of them knows.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
+
+from ..config import (
+    add_dataclass_arguments,
+    apply_overrides,
+    config_keys,
+    config_to_dict,
+    from_namespace,
+    option,
+    split_overrides,
+)
 
 HELP = "reproduce an experiment (gaussian-1d, gaussian-2d, mixture, pixels, attributes, known-graphs, memorisation, flux, all)"
 
@@ -25,101 +39,75 @@ EXPERIMENT_NAMES = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attribut
 # 'all' reproduces the Causality-Δ paper; the benchmarks beyond it run on their own.
 ALL_EXPERIMENTS = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes")
 
-__all__ = ["HELP", "DESCRIPTION", "add_arguments", "outputs", "run", "build_config"]
+__all__ = ["HELP", "DESCRIPTION", "CONFIG", "ReproduceConfig", "add_arguments", "outputs", "run", "build_config",
+           "known_keys"]
+
+
+@dataclass
+class ReproduceConfig:
+    """The options of ``causal-delta reproduce``; ``overrides`` (``--set``) reach the experiment's config."""
+
+    experiment: Literal[EXPERIMENT_NAMES + ("all",)] = option(  # type: ignore[valid-type]
+        positional=True, help="which experiment to run ('all' runs every one of the Causality-Delta paper that can "
+                              "run; the benchmarks beyond it run on their own)")
+    quick: bool = option(False, help="CI-sized run (minutes on a CPU)")
+    out: str | None = option(None, help="output folder (default runs/reproduce/<experiment>, or runs/reproduce for all)")
+    seed: int = option(0, help="random seed")
+    dataset: Literal["digits", "mnist", "fashion-mnist", "folder"] | None = option(
+        None, help="pixels: image source (default digits with --quick, else fashion-mnist)")
+    data_root: str | None = option(None, help="pixels: folder of the MNIST/Fashion-MNIST IDX files or of images "
+                                              "(Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
+    classes: str | None = option(None, help="pixels: comma-separated classes to keep (indices or names; default 5)")
+    celeba_root: str | None = option(None, help="attributes: CelebA folder")
+    overrides: tuple[str, ...] = option((), flag="--set", repeat=True, metavar="KEY=VALUE",
+                                        help="override a field of the experiment's config, e.g. --set "
+                                             "train_steps=2000 (repeatable; values parsed by the field's type)")
+    threads: int | None = option(None, help="torch CPU threads (default: torch's choice; 1 is fastest for the small "
+                                            "models when the CPU is shared)")
+    progress: bool = option(True, help="show progress bars")
+
+
+CONFIG = ReproduceConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", choices=(*EXPERIMENT_NAMES, "all"),
-                        help="which experiment to run ('all' runs every one of the Causality-Delta paper "
-                             "that can run; memorisation is separate)")
-    parser.add_argument("--quick", action="store_true", help="CI-sized run (minutes on a CPU)")
-    parser.add_argument("--out", default=None,
-                        help="output folder (default runs/reproduce/<experiment>, or runs/reproduce for all)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--dataset", default=None, choices=("digits", "mnist", "fashion-mnist", "folder"),
-                        help="pixels: image source (default digits with --quick, else fashion-mnist)")
-    parser.add_argument("--data-root", default=None,
-                        help="pixels: folder of the MNIST/Fashion-MNIST IDX files or of images "
-                             "(Fashion-MNIST defaults to /usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--classes", default=None,
-                        help="pixels: comma-separated classes to keep (indices or names; default 5)")
-    parser.add_argument("--celeba-root", default=None, help="attributes: CelebA folder")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set train_steps=2000 (repeatable)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is fastest for the small "
-                             "models when the CPU is shared)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_dataclass_arguments(parser, CONFIG)
 
 
-def _parse_value(key: str, text: str, current):
-    """Parse ``text`` to the type of the field's current value."""
-    import json
-
-    if isinstance(current, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"--set {key}: expected true/false, got {text!r}")
-    if isinstance(current, int):
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"--set {key}: expected an integer, got {text!r}") from None
-    if isinstance(current, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"--set {key}: expected a number, got {text!r}") from None
-    if isinstance(current, (tuple, list)) or current is None:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            return text if current is None else tuple(p.strip() for p in text.split(",") if p.strip())
-        return _tuplify(value) if isinstance(value, list) else value
-    return text
+def _shorthands(name: str, c: ReproduceConfig) -> list[str]:
+    """The dedicated options as ``key=value`` items for experiment ``name`` (parsed like ``--set``)."""
+    items = [f"seed={c.seed}"]
+    if name == "pixels":
+        items += [f"{k}={v}" for k, v in (("dataset", c.dataset), ("data_root", c.data_root),
+                                          ("classes", c.classes)) if v is not None]
+    if name == "attributes" and c.celeba_root is not None:
+        items.append(f"celeba_root={c.celeba_root}")
+    return items
 
 
-def _tuplify(value):
-    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
-
-
-def build_config(name: str, args: argparse.Namespace):
-    """The config dataclass of experiment ``name`` for the parsed ``args``."""
-    import dataclasses
-
+def known_keys(names) -> list[str]:
+    """The ``--set`` keys that at least one of the experiments ``names`` knows, sorted."""
     from ..experiments import get_experiment
 
-    config_cls, _ = get_experiment(name)
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    base = {"seed": args.seed}
-    if name == "pixels":
-        if args.dataset is not None:
-            base["dataset"] = args.dataset
-        if args.data_root is not None:
-            base["data_root"] = args.data_root
-        if args.classes is not None:
-            base["classes"] = tuple(int(c) if c.strip().isdigit() else c.strip()
-                                    for c in args.classes.split(",") if c.strip())
-    if name == "attributes" and args.celeba_root is not None:
-        base["celeba_root"] = args.celeba_root
-    config = config_cls.quick(**base) if args.quick else config_cls.full(**base)
-    changes = {}
-    for item in args.overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        if key not in known:
-            if args.experiment == "all":
-                continue  # a field of another experiment
-            raise ValueError(f"--set {key}: {name} has no such setting; known: {sorted(known)}")
-        changes[key] = _parse_value(key, text, getattr(config, key))
-    return dataclasses.replace(config, **changes) if changes else config
+    return sorted({k for name in names for k in config_keys(get_experiment(name)[0])})
 
 
-def _root(args: argparse.Namespace) -> Path:
+def build_config(name: str, c: ReproduceConfig):
+    """The config dataclass of experiment ``name`` for the options ``c``.
+
+    The size (``quick()`` / ``full()``) comes first, then the dedicated options (``--seed``,
+    ``--dataset``, ...), then ``--set`` items in order. With ``experiment == "all"`` a key the
+    experiment lacks is skipped (:func:`run` has refused keys that no experiment knows).
+    """
+    from ..experiments import get_experiment
+
+    config_cls: Any = get_experiment(name)[0]  # a SizedConfig dataclass
+    config = config_cls.quick() if c.quick else config_cls.full()
+    config = apply_overrides(config, _shorthands(name, c))
+    return apply_overrides(config, c.overrides, only_known=c.experiment == "all")
+
+
+def _root(args) -> Path:
     if args.experiment == "all":
         return Path(args.out or "runs/reproduce")
     return Path(args.out or f"runs/reproduce/{args.experiment}")
@@ -149,41 +137,46 @@ def run(args: argparse.Namespace) -> int:
     from ..experiments import get_experiment
     from ..report import write_json, write_text
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    c = from_namespace(CONFIG, args)
+    if c.threads is not None:
+        if c.threads < 1:
+            raise ValueError(f"--threads must be an integer >= 1, got {c.threads}")
+        torch.set_num_threads(c.threads)
 
-    names = list(ALL_EXPERIMENTS) if args.experiment == "all" else [args.experiment]
-    root = _root(args)
-    if args.experiment == "all":
-        unknown = [o for o in args.overrides if "=" not in o]
-        if unknown:
-            raise ValueError(f"--set expects KEY=VALUE, got {unknown[0]!r}")
+    names = list(ALL_EXPERIMENTS) if c.experiment == "all" else [c.experiment]
+    root = _root(c)
+    if c.experiment == "all":  # refuse a key that no experiment knows before any of them runs
+        valid = known_keys(names)
+        for key, _ in split_overrides(c.overrides):
+            if key not in valid:
+                raise ValueError(f"--set {key}: no experiment of 'all' has this setting; valid keys: {', '.join(valid)}")
+    skip_attributes = c.experiment == "all" and c.celeba_root is None
+    # every --set value is parsed and checked before the first experiment starts
+    configs = {name: build_config(name, c) for name in names if not (skip_attributes and name == "attributes")}
     index: dict[str, dict] = {}
     t_start = time.perf_counter()
     for name in names:
-        if args.experiment == "all" and name == "attributes" and args.celeba_root is None:
+        if name not in configs:
             note = "skipped: needs --celeba-root (a local CelebA folder)"
             print(f"[attributes] {note}", file=sys.stderr)
             index[name] = {"status": "skipped", "note": note}
             continue
-        config = build_config(name, args)
+        config = configs[name]
         _, fn = get_experiment(name)
-        out = root / name if args.experiment == "all" else root
-        print(f"[{name}] {'quick' if args.quick else 'full'} run -> {out}", file=sys.stderr)
-        report = fn(config, out, progress=not args.no_progress)
+        out = root / name if c.experiment == "all" else root
+        print(f"[{name}] {'quick' if c.quick else 'full'} run -> {out}", file=sys.stderr)
+        report = fn(config, out, progress=c.progress)
         seconds = report.get("timings_s", {}).get("total")
         line = _headline(report)
         print(f"[{name}] done in {seconds:.1f} s: {line}")
         index[name] = {"status": "done", "out": str(out), "seconds": seconds,
                        "headline": report.get("results", {}).get("headline", {})}
-    if args.experiment == "all":
+    if c.experiment == "all":
         total = time.perf_counter() - t_start
-        write_json(root / "report.json", {"experiments": index, "quick": bool(args.quick),
-                                          "seed": args.seed, "total_seconds": round(total, 3)})
-        lines = [f"# causal-delta reproduce all ({'quick' if args.quick else 'full'})", "",
-                 f"Total {total:.1f} s, seed {args.seed}.", "", "| experiment | status | seconds | key numbers |",
+        write_json(root / "report.json", {"experiments": index, "quick": bool(c.quick), "seed": c.seed,
+                                          "config": config_to_dict(c), "total_seconds": round(total, 3)})
+        lines = [f"# causal-delta reproduce all ({'quick' if c.quick else 'full'})", "",
+                 f"Total {total:.1f} s, seed {c.seed}.", "", "| experiment | status | seconds | key numbers |",
                  "| --- | --- | --- | --- |"]
         for name, entry in index.items():
             if entry["status"] == "done":

@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["HELP", "add_arguments", "outputs", "run"]
+from ..config import add_dataclass_arguments, from_namespace, option
+from ._model import FlowSource
+
+__all__ = ["HELP", "CONFIG", "SampleConfig", "add_arguments", "outputs", "run"]
 
 HELP = "generate samples from a checkpoint (.npy, optional PNG)"
 
 
+@dataclass(kw_only=True)
+class SampleConfig(FlowSource):
+    """The options of ``causal-delta sample``."""
+
+    n_samples: int = option(1000, short="-n", deprecated=("--num-samples",), help="samples to draw")
+    solver: Literal["euler", "midpoint", "rk4", "dopri5"] = option("rk4", help="ODE solver")
+    steps: int = option(50, help="solver steps (fixed grid)")
+    batch_size: int = option(256, help="samples per batch")
+    seed: int = option(0, help="seed of the source samples x0")
+    out: str = option("samples.npy", help="output .npy file")
+    png: str | None = option(None, deprecated=("--grid-png",), help="also write a PNG: image grid or 2-D scatter")
+    ema: bool = option(True, help="use the EMA weights (--no-ema: the raw weights)")
+    device: str = option("auto", help="auto, cpu or cuda")
+
+
+CONFIG = SampleConfig
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
-    parser.add_argument("-n", "--num-samples", type=int, default=1000)
-    parser.add_argument("--solver", choices=("euler", "midpoint", "rk4", "dopri5"), default="rk4")
-    parser.add_argument("--steps", type=int, default=50, help="solver steps (fixed grid)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="samples.npy", help="output .npy file")
-    parser.add_argument("--png", default=None, help="also write a PNG: image grid or 2-D scatter")
-    parser.add_argument("--grid-png", dest="png", help=argparse.SUPPRESS)
-    parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_dataclass_arguments(parser, CONFIG)
 
 
 def outputs(args: argparse.Namespace):
@@ -64,25 +77,27 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .._validation import check_positive_int
-    from ..checkpoint import load_flow
     from ..report import atomic_write_bytes
     from ..solvers import sample
     from ..training import make_source, resolve_device
+    from ._model import load_velocity
 
-    check_positive_int("num_samples", args.num_samples)
-    check_positive_int("steps", args.steps)
-    check_positive_int("batch_size", args.batch_size)
-    device = resolve_device(args.device)
-    flow, info = load_flow(args.checkpoint, use_ema=not args.no_ema, device=device)
+    c = from_namespace(CONFIG, args)
+    check_positive_int("--n-samples", c.n_samples)
+    check_positive_int("--steps", c.steps)
+    check_positive_int("--batch-size", c.batch_size)
+    device = resolve_device(c.device)
+    flow, info = load_velocity(c, use_ema=c.ema, device=device)
     source = make_source(info["train_config"], info["event_shape"])
-    x0 = source(args.num_samples, torch.Generator().manual_seed(args.seed)).to(device)
-    x = sample(flow, x0, method=args.solver, steps=args.steps, batch_size=args.batch_size).cpu()
+    x0 = source(c.n_samples, torch.Generator().manual_seed(c.seed)).to(device)
+    x = sample(flow, x0, method=c.solver, steps=c.steps, batch_size=c.batch_size).cpu()
     buf = io.BytesIO()
     np.save(buf, x.numpy())
-    out = atomic_write_bytes(Path(args.out), buf.getvalue())
-    print(f"wrote {tuple(x.shape)} samples to {out} (checkpoint step {info['step']}, "
-          f"{args.solver} x {args.steps} steps, ema={info['used_ema']})")
-    if args.png:
-        _write_png(x, args.png)
-        print(f"wrote {args.png}")
+    out = atomic_write_bytes(Path(c.out), buf.getvalue())
+    origin = f"checkpoint step {info['step']}" if info["step"] is not None else f"--model {c.model}"
+    print(f"wrote {tuple(x.shape)} samples to {out} ({origin}, "
+          f"{c.solver} x {c.steps} steps, ema={info['used_ema']})")
+    if c.png:
+        _write_png(x, c.png)
+        print(f"wrote {c.png}")
     return 0

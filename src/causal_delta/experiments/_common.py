@@ -18,7 +18,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import fields, is_dataclass
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -174,7 +174,9 @@ def _quiet_nan_warnings():
 def config_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as a JSON-ready dict (tuples become lists)."""
     if is_dataclass(config):
-        return {f.name: _report.to_jsonable(getattr(config, f.name)) for f in fields(config)}
+        from ..config import config_to_dict
+
+        return config_to_dict(config)
     if isinstance(config, Mapping):
         return _report.to_jsonable(dict(config))
     raise ValueError(f"config must be a dataclass or a mapping, got {type(config).__name__}")

@@ -96,14 +96,14 @@ class AttributesConfig(C.SizedConfig):
 
     celeba_root: str | None = None
     common_cause: str = "Heavy_Makeup"
-    pair: tuple = ("Pointy_Nose", "Rosy_Cheeks")
-    classifier_attributes: tuple | None = None
+    pair: tuple[str, str] = ("Pointy_Nose", "Rosy_Cheeks")
+    classifier_attributes: tuple[str, ...] | None = None
     image_size: int = 64
     limit: int | None = None
     eval_limit: int | None = None
     flow_checkpoint: str | None = None
     preset: str = "unet-64"
-    overrides: tuple = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
     lr: float = 2e-4
     train_steps: int = 400_001
     batch_size: int = 128
@@ -119,7 +119,7 @@ class AttributesConfig(C.SizedConfig):
     n_samples: int = 10_000
     chunk_size: int = 100
     condition_quantile: float = 0.17
-    sweep_quantiles: tuple = (1.0, 0.5, 0.3, 0.17, 0.1, 0.05)
+    sweep_quantiles: tuple[float, ...] = (1.0, 0.5, 0.3, 0.17, 0.1, 0.05)
     hold_fixed_samples: int = 1_000
     hold_fixed_chunk: int = 2
     fidelity_images: int = 2_000

@@ -64,7 +64,7 @@ class FluxConfig(C.SizedConfig):
         seed: random seed; size: ``"full"`` or ``"quick"``.
     """
 
-    datasets: tuple = ("ring", "mixture")
+    datasets: tuple[str, ...] = ("ring", "mixture")
     ring_radius: float = 3.0
     ring_width: float = 0.1
     n_data: int = 8000

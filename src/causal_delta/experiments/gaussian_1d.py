@@ -4,7 +4,7 @@ Target ``x1 ~ N(0, σ²)`` (default ``σ = 2``), source ``x0 ~ N(0, 1)``. The ex
 ``φ_t(x0) = S(t)^{1/2} x0`` with ``S(t) = (1-t)² + t² σ²`` (MATH.md §2), so the exact
 generator Jacobian is ``dφ_t/dx0 = S(t)^{1/2}``, equal to ``σ`` at ``t = 1``.
 
-An MLP (preset ``mlp-1d``: hidden 128; paper: lr 1e-3, 2,000 steps, 10,000 samples) is trained
+An MLP (preset ``mlp-small``: hidden 128; paper: lr 1e-3, 2,000 steps, 10,000 samples) is trained
 by flow matching on a fixed set of ``n_train`` samples. Reported:
 
 - trajectory gap: ``|φ̂_t(x0) - φ_t(x0)|`` over a grid of starting points and every solver time
@@ -51,7 +51,7 @@ class Gaussian1DConfig(C.SizedConfig):
     """
 
     std: float = 2.0
-    preset: str = "mlp-1d"
+    preset: str = "mlp-small"
     overrides: tuple = ()
     lr: float = 1e-3
     train_steps: int = 2000

@@ -56,7 +56,7 @@ class Gaussian2DConfig(C.SizedConfig):
 
     rho: float = 0.55
     preset: str = "mlp-2d"
-    overrides: tuple = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
     lr: float = 1e-4
     train_steps: int = 1000
     batch_size: int = 512

@@ -73,18 +73,18 @@ class MemorisationExperimentConfig(C.SizedConfig):
     batch_size: int = 256
     lr: float = 3e-3
     crossing_pairs: int = 256
-    crossing_sigmas: tuple = (0.0, 0.05, 0.5)
-    t_grid: tuple = (0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.48, 0.5, 0.52, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0)
+    crossing_sigmas: tuple[float, ...] = (0.0, 0.05, 0.5)
+    t_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.45, 0.48, 0.5, 0.52, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0)
     pairs_dim: int = 50
     pairs_n: int = 256
     pairs_shift: float = 5.0
-    pairs_sigmas: tuple = (0.0, 0.05, 0.2, 0.5, 1.0, 2.0)
+    pairs_sigmas: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5, 1.0, 2.0)
     pairs_independent: bool = True
     heldout: int = 512
-    mixture_dims: tuple = (3, 50)
+    mixture_dims: tuple[int, ...] = (3, 50)
     mixture_n: int = 512
     mixture_components: int = 4
-    mixture_sigmas: tuple = (0.0, 0.05)
+    mixture_sigmas: tuple[float, ...] = (0.0, 0.05)
     solver_steps: int = 50
     seed: int = 0
 

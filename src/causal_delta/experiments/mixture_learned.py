@@ -53,10 +53,10 @@ class MixtureLearnedConfig(C.SizedConfig):
         size: ``"full"`` or ``"quick"``.
     """
 
-    times: tuple = (0.0, 0.25, 0.5, 0.75, 0.99)
+    times: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.99)
     n_points: int = 2000
     preset: str = "mlp-small"
-    overrides: tuple = (("hidden", 256), ("depth", 4))
+    overrides: tuple[tuple[str, Any], ...] = (("hidden", 256), ("depth", 4))
     lr: float = 1e-3
     train_steps: int = 5000
     batch_size: int = 512

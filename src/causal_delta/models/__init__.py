@@ -12,7 +12,9 @@ Entry points:
 * :func:`build_model` — a named preset (see :data:`PRESETS`) for a given ``event_shape``,
   with keyword overrides of any hyper-parameter;
 * :func:`model_from_config` — rebuild a model from ``dataclasses.asdict(model.config)``
-  (e.g. after a JSON round trip in a checkpoint).
+  (e.g. after a JSON round trip in a checkpoint);
+* :func:`as_velocity` — wrap a network written for another flow library (``forward(t, x)``,
+  float or 0-dim time, conditioning keywords) as ``velocity(x, t)``.
 
 Example:
     >>> import torch
@@ -30,6 +32,7 @@ from typing import Any
 
 from torch import nn
 
+from .adapter import VelocityAdapter, as_velocity
 from .classifier import (
     CLASSIFIER_ARCHS,
     ImageClassifier,
@@ -48,6 +51,8 @@ __all__ = [
     "PRESETS",
     "build_model",
     "model_from_config",
+    "as_velocity",
+    "VelocityAdapter",
     "MLP",
     "MLPConfig",
     "UNet",
@@ -64,11 +69,10 @@ __all__ = [
 ]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Paper, 1-D neural flow (MATH.md §6): MLP hidden 128.
-    "mlp-1d": {"kind": "mlp", "hidden": 128, "depth": 3, "time_embed": 0},
     # Paper, 2-D Gaussian rho = 0.55: MLP 10 layers x 1024 (10 hidden layers of width 1024).
     "mlp-2d": {"kind": "mlp", "hidden": 1024, "depth": 10, "time_embed": 0},
-    # CPU quick preset: 3 x 128, trains a 2-D Gaussian in a few hundred steps.
+    # 3 x 128: the paper's 1-D neural flow (MATH.md §6, hidden 128); also the CPU quick preset,
+    # trains a 2-D Gaussian in a few hundred steps.
     "mlp-small": {"kind": "mlp", "hidden": 128, "depth": 3, "time_embed": 0},
     # Paper Table 2: base 64 channels, mult (1, 2, 4, 8, 16), time embedding 256, 28 x 28.
     "unet-28": {
@@ -126,7 +130,7 @@ def build_model(preset: str, *, event_shape: Sequence[int], **overrides: Any) ->
     """Build the velocity model named ``preset`` for samples of shape ``event_shape``.
 
     Arguments:
-        preset: a key of :data:`PRESETS` ("mlp-1d", "mlp-2d", "mlp-small", "unet-28",
+        preset: a key of :data:`PRESETS` ("mlp-2d", "mlp-small", "unet-28",
             "unet-64", "unet-small").
         event_shape: shape of one sample: ``(D,)`` (or any shape, flattened) for an MLP,
             ``(C, H, W)`` for a UNet.
