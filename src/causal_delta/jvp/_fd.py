@@ -13,7 +13,12 @@ from torch import Tensor
 
 from ..solvers import Velocity, integrate
 from ._common import (
-    GeneratorJVP, _check_eps, _check_method, _check_x0, _probe_layout, _resolve_grid,
+    GeneratorJVP,
+    _check_eps,
+    _check_method,
+    _check_x0,
+    _probe_layout,
+    _resolve_grid,
     _warn_training,
 )
 

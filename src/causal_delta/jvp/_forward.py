@@ -24,7 +24,13 @@ from .._compat import load_forward_ad
 from .._validation import check_positive_int
 from ..solvers import Velocity, integrate
 from ._common import (
-    GeneratorJVP, _check_eps, _check_method, _check_mode, _check_x0, _probe_layout, _resolve_grid,
+    GeneratorJVP,
+    _check_eps,
+    _check_method,
+    _check_mode,
+    _check_x0,
+    _probe_layout,
+    _resolve_grid,
     _warn_training,
 )
 from ._fd import jvp_fd

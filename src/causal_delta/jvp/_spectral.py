@@ -50,10 +50,10 @@ def top_singular_directions(
     r"""Top-``k`` singular directions of :math:`J_f(x_0)` by randomised subspace iteration.
 
     Halko, Martinsson & Tropp (2011), Alg. 4.4, with :math:`J` applied by forward mode
-    (:func:`jvp_forward`, ``l = k + oversample`` probes at once) and :math:`J^T` by reverse mode
-    through the solver (one backward pass of a batch of ``l`` copies; memory grows with the number
+    (:func:`jvp_forward`, ``width = k + oversample`` probes at once) and :math:`J^T` by reverse mode
+    through the solver (one backward pass of a batch of ``width`` copies; memory grows with the number
     of steps). ``iters`` power iterations sharpen the spectrum gap; the cost is
-    ``(iters + 1)·l`` JVPs plus ``(iters + 1)·l`` VJPs.
+    ``(iters + 1)·width`` JVPs plus ``(iters + 1)·width`` VJPs.
 
     Args:
         x0: one source point. Without ``event_shape`` its shape *is* the event: a single image
@@ -83,15 +83,15 @@ def top_singular_directions(
     if k > d:
         raise ValueError(f"k must be <= d = {d}, got {k}")
     _check_method(method)
-    l = min(d, k + oversample)
+    width = min(d, k + oversample)
     xb = x0.unsqueeze(0)
     grid_, _ = _resolve_grid(velocity, xb, method, steps, grid, 1e-6, 1e-6)
 
-    def J(V: Tensor) -> Tensor:  # (d, l) -> (d, l)
+    def J(V: Tensor) -> Tensor:  # (d, width) -> (d, width)
         z = V.T.reshape(1, V.shape[1], *event)
         return jvp_forward(velocity, xb, z, method=method, grid=grid_).jvp.reshape(V.shape[1], d).T
 
-    def Jt(U: Tensor) -> Tensor:  # (d, l) -> (d, l)
+    def Jt(U: Tensor) -> Tensor:  # (d, width) -> (d, width)
         cols = U.shape[1]
         with torch.enable_grad():
             xr = xb.detach().expand(cols, *event).clone().requires_grad_(True)
@@ -99,15 +99,15 @@ def top_singular_directions(
             (g,) = torch.autograd.grad(y, xr, grad_outputs=U.T.reshape(cols, *event).to(y.dtype))
         return g.detach().reshape(cols, d).T
 
-    omega = torch.randn(d, l, generator=generator, dtype=x0.dtype).to(x0.device)
+    omega = torch.randn(d, width, generator=generator, dtype=x0.dtype).to(x0.device)
     Q, _ = torch.linalg.qr(J(omega))
-    matvecs = l
+    matvecs = width
     for _ in range(iters):
         W, _ = torch.linalg.qr(Jt(Q))
         Q, _ = torch.linalg.qr(J(W))
-        matvecs += 2 * l
-    Bt = Jt(Q)  # (d, l) = J^T Q = (Q^T J)^T
-    matvecs += l
+        matvecs += 2 * width
+    Bt = Jt(Q)  # (d, width) = J^T Q = (Q^T J)^T
+    matvecs += width
     Ub, s, Vt = torch.linalg.svd(Bt.T, full_matrices=False)
     U = Q @ Ub
     return SingularDirections(

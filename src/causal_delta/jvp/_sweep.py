@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..solvers import Velocity
 from ._common import _check_eps, _check_method, _check_x0, _probe_layout

@@ -40,7 +40,12 @@ from torch import Tensor, nn
 
 from ._common import as_time, check_event_shape, check_int_tuple, check_nonneg_int, check_positive_int
 from ._dual import (
-    dual_attention, dual_conv2d, dual_group_norm, dual_silu, probes_per_sample, sinusoidal_embedding,
+    dual_attention,
+    dual_conv2d,
+    dual_group_norm,
+    dual_silu,
+    probes_per_sample,
+    sinusoidal_embedding,
 )
 
 __all__ = ["UNetConfig", "UNet"]
