@@ -5,13 +5,15 @@ Prints, for the paper's 28x28 UNet (preset ``unet-28``, eval mode, float32, no_g
 1. time ratios JVP / sampling per solver step (Euler and RK4; batch 8 and 32). A solver step
    of the augmented system (x, ẋ) is the same loop body as a plain step, so the step ratio is the
    ratio of whole runs at 20 or 100 steps; whole runs are timed too (skip with ``--no-full-run``).
-   Routes: the model's hand-written ``forward_jvp`` (target <= 2.5), ``torch.func.jvp``, and
-   central finite differences as one batch of 2B.
+   Routes: the model's hand-written ``forward_jvp`` (stacked-tangent layers; target <= 2.0),
+   ``torch.func.jvp``, and central finite differences as one batch of 2B.
 2. peak RSS of a forward-mode JVP at 100 steps / 20 steps (target <= 1.2), each in its own
    subprocess (``resource.getrusage`` maxrss), with the baseline after loading the model.
-3. time per probe with 16 probes per sample vs 1 probe per sample (same number of probes).
+3. with 16 probes per sample (the primal runs once per stage for its 16 tangents): time per probe
+   of one Euler step / time per sample of one plain Euler step on as many samples (target <= 1.15),
+   and the same with 1 probe per sample.
 
-Usage: ``python benchmarks/jvp.py [--repeats 2] [--threads 2] [--no-full-run] [--mem-batch 8]``.
+Usage: ``python benchmarks/jvp.py [--repeats 2] [--threads 2] [--clock cpu] [--no-full-run] [--mem-batch 8]``.
 Wall time on an idle 2-core CPU: about 4 minutes (much slower when the machine is shared).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,6 +29,7 @@ import time
 import torch
 
 from causal_delta import jvp as J
+from causal_delta.jvp._forward import _augmented_velocity
 from causal_delta.models import build_model
 from causal_delta.solvers import _batched, integrate, step
 
@@ -37,12 +41,16 @@ def _model(dtype=torch.float32):
     return build_model("unet-28", event_shape=EVENT).to(dtype).eval().requires_grad_(False)
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCK["wall"]
+
+
 def _best(fn, repeats):
     fn_times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = _clock()
         fn()
-        fn_times.append(time.perf_counter() - t)
+        fn_times.append(_clock() - t)
     return min(fn_times)
 
 
@@ -63,7 +71,7 @@ def step_ratios(model, batch, method, repeats, routes=("forward_jvp", "func.jvp"
             xx = torch.cat([x + 1e-2 * z, x - 1e-2 * z])
             calls[route] = lambda xx=xx: step(method, plain, xx, t, h)
         else:
-            aug = _batched(J._augmented_velocity(model, batch, 1, EVENT, route == "forward_jvp"))
+            aug = _batched(_augmented_velocity(model, batch, route == "forward_jvp"))
             s = torch.cat([x, z])
             calls[route] = lambda aug=aug, s=s: step(method, aug, s, t, h)
     best = {k: float("inf") for k in calls}
@@ -90,22 +98,32 @@ def full_run(model, batch, steps, repeats, method="euler"):
     return {"plain_s": plain, "jvp_s": fwd, "ratio": fwd / plain}
 
 
-def probes_per_sample(model, total, repeats):
-    """Seconds per probe: ``total`` samples x 1 probe vs ``total/16`` samples x 16 probes (one Euler step)."""
+def probes_per_sample(model, total, repeats, routes=("forward_jvp", "func.jvp")):
+    """Seconds per probe of one Euler step with ``total/16`` samples x 16 probes and ``total``
+    samples x 1 probe, and seconds per sample of a plain Euler step on ``total`` samples.
+
+    Interleaved (plain, then each configuration, repeated) with the minimum of each kept."""
     g = torch.Generator().manual_seed(2)
-    res = {}
     t, h = torch.tensor(0.3), torch.tensor(0.01)
-    for route in ("forward_jvp", "func.jvp"):
-        for P in (1, 16):
+    xs = torch.randn(total, *EVENT, generator=g)
+    plain = _batched(model)
+    calls = {"plain": lambda: step("euler", plain, xs, t, h)}
+    for route in routes:
+        for P in (16, 1):
             B = total // P
             x = torch.randn(B, *EVENT, generator=g)
             z = torch.randn(B * P, *EVENT, generator=g)
-            aug = _batched(J._augmented_velocity(model, B, P, EVENT, route == "forward_jvp"))
+            aug = _batched(_augmented_velocity(model, B, route == "forward_jvp"))
             s = torch.cat([x, z])
-            with torch.no_grad():
-                step("euler", aug, s, t, h)
-                res[f"{route}, P={P}"] = _best(lambda: step("euler", aug, s, t, h), repeats) / total
-    return res
+            calls[f"{route}, P={P}"] = lambda aug=aug, s=s: step("euler", aug, s, t, h)
+    best = {k: float("inf") for k in calls}
+    with torch.no_grad():
+        for fn in calls.values():  # warm-up
+            fn()
+        for _ in range(repeats):
+            for k, fn in calls.items():
+                best[k] = min(best[k], _best(fn, 1))
+    return {k: v / total for k, v in best.items()}
 
 
 def _status_mib(key):
@@ -158,13 +176,19 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-full-run", action="store_true", help="skip the whole-run timings")
     p.add_argument("--mem-batch", type=int, default=8, help="batch of the peak-memory subprocesses")
+    p.add_argument("--clock", choices=tuple(CLOCK), default="wall",
+                   help="time the step ratios by wall clock or by this process's CPU time (with --threads 1, "
+                        "much less sensitive to other processes on a shared machine)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    global _clock
+    _clock = CLOCK[a.clock]
     if a.child is not None:
         _child(a.child, a.mem_batch, a.threads)
         return
     torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, {a.threads} threads, unet-28 {EVENT}, float32, eval, no_grad")
+    print(f"torch {torch.__version__}, {a.threads} threads, unet-28 {EVENT}, float32, eval, no_grad, "
+          f"{a.clock} clock, load average {os.getloadavg()[0]:.1f}")
     model = _model()
     print(f"parameters: {sum(q.numel() for q in model.parameters()) / 1e6:.1f} M")
     t0 = time.perf_counter()
@@ -186,9 +210,14 @@ def main(argv=None):
             print(f"  {method:5s} {steps:3d} steps, batch {batch:2d}: sampling {r['plain_s']:6.1f} s, "
                   f"JVP {r['jvp_s']:6.1f} s, ratio {r['ratio']:.2f}x", flush=True)
 
-    print("\n2. time per probe, 16 probes per sample vs 1 (16 probes in all, one Euler step)")
-    for k, v in probes_per_sample(model, 16, a.repeats).items():
-        print(f"  {k:18s} {v * 1e3:8.1f} ms per probe")
+    for total in (16, 32):
+        print(f"\n2. time per probe / sampling time per sample, one Euler step, {total} probes in all")
+        routes = ("forward_jvp", "func.jvp") if total == 16 else ("forward_jvp",)
+        res = probes_per_sample(model, total, a.repeats, routes)
+        per_sample = res.pop("plain")
+        print(f"  plain sampling, batch {total:2d}   {per_sample * 1e3:8.1f} ms per sample")
+        for k, v in res.items():
+            print(f"  {k:22s} {v * 1e3:8.1f} ms per probe  {v / per_sample:5.2f}x", flush=True)
 
     print(f"\n3. peak RSS, forward-mode JVP, Euler, batch {a.mem_batch} (one subprocess per configuration)")
     mem = peak_memory(a.mem_batch, a.threads)

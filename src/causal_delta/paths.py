@@ -198,7 +198,8 @@ class LinearPath:
 class VelocityField(nn.Module):
     """Wrap a network ``model(x, t)`` so that ``forward(x, t)`` is always a velocity.
 
-    ``forward_jvp(x, t, dx) -> (v, dv)`` exists exactly when the wrapped model has one
+    ``forward_jvp(x, t, dx) -> (v, dv)`` (the :class:`causal_delta.jvp.ForwardJVP` protocol:
+    ``dx`` may hold ``P`` tangents per sample) exists exactly when the wrapped model has one
     (``hasattr(field, "forward_jvp")`` tells); for x1-prediction it returns
     ``dv = (dg - dx) / max(1 - t, t_eps)`` with ``(g, dg) = model.forward_jvp(x, t, dx)``.
 
@@ -226,11 +227,12 @@ class VelocityField(nn.Module):
         return to_velocity(self.model(x, t), x, t, self.parametrization, t_eps=self.t_eps)
 
     def _forward_jvp(self, x: Tensor, t: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
-        g, dg = self.model.forward_jvp(x, t, dx)
+        g, dg = self.model.forward_jvp(x, t, dx)  # dx, dg: (B·P, *event), P tangents per sample
         if self.parametrization == "velocity":
             return g, dg
         denom = _expand_time(1.0 - t, x).clamp_min(self.t_eps)
-        return (g - x) / denom, (dg - dx) / denom
+        ddenom = denom.repeat_interleave(dx.shape[0] // x.shape[0], dim=0)
+        return (g - x) / denom, (dg - dx) / ddenom
 
     @property
     def forward_jvp(self):

@@ -416,10 +416,19 @@ class GaussianMixture:
 
     def forward_jvp(self, x: Tensor, t: Time, dx: Tensor) -> tuple[Tensor, Tensor]:
         """``(v(x, t), J_x v · dx)`` without forming ``J`` (the optional fast forward mode of
-        CONTRIBUTING), ``t`` held fixed. ``x``, ``dx`` of shape ``(..., d)``.
+        CONTRIBUTING), ``t`` held fixed. ``x``, ``dx`` of shape ``(..., d)``; or, as in the
+        :class:`causal_delta.jvp.ForwardJVP` protocol, ``x`` ``(B, d)`` with ``dx`` ``(B·P, d)``
+        (``P`` tangents per point, point-major), returning ``(v (B, d), J dx (B·P, d))``.
 
         ``J dx = Σ_k γ_k A_k dx - Σ_k γ_k (b_k - v) ((u_k - ū)·dx)`` (centred, as :meth:`jacobian`).
         """
+        if x.ndim == 2 and dx.ndim == 2 and dx.shape[0] != x.shape[0] and x.shape[0] > 0 \
+                and dx.shape[0] % x.shape[0] == 0:
+            # P tangents per point: the component terms are cheap (d small), repeat them per tangent.
+            P = dx.shape[0] // x.shape[0]
+            tr = t.repeat_interleave(P, dim=0) if isinstance(t, Tensor) and t.ndim == 1 else t
+            v, jv = self.forward_jvp(x.repeat_interleave(P, dim=0), tr, dx)
+            return v[::P], jv
         flat, tt, scalar, batch = self._prepare(x, t)
         dflat = dx.to(flat).reshape(-1, self.dim)
         if dflat.shape[0] != flat.shape[0]:

@@ -148,8 +148,7 @@ def jacobian_spectra(flow, points: Tensor, *, k: int, method: str, steps: int, s
 
         it = tqdm(it, desc=desc, unit="point", leave=False, dynamic_ncols=True)
     for i in it:
-        # (1, *event): a bare (1, H, W) image would be read as a batch of one and lose its channel
-        res = top_singular_directions(flow, points[i:i + 1], k=k, method=method, steps=steps, generator=generator)
+        res = top_singular_directions(flow, points[i], k=k, method=method, steps=steps, generator=generator)
         rows.append(res.values.detach().to(torch.float64))
     s = torch.stack(rows)
     rank = (s >= rank_rtol * s[:, :1]).sum(1).double()

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .._compat import load_forward_ad
 from .._validation import check_positive_int
-from ..models._dual import dual_linear, silu_derivative
+from ..models._dual import dual_linear, per_probe, silu_derivative
 from ..models.mlp import MLP
 
 __all__ = ["TimeFree", "MaskedMLP", "block_triangular_mask"]
@@ -49,24 +49,29 @@ class TimeFree(nn.Module):
     def forward_jvp(self, x: Tensor, t: Tensor | None, dx: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(x), J_f(x) dx)``, twice differentiable (the double backprop of the loss needs it).
 
-        For the library MLP the tangent rides with the primal through each linear layer (one
-        GEMM on 2B rows); the SiLU derivative is written in plain ops because ATen's fused
-        ``silu_backward`` (used by ``MLP.forward_jvp``) has no derivative of its own.
+        For the library MLP the tangent goes through each linear layer without bias (``dx`` may
+        hold ``P`` tangents per point, ``(B·P, d)``, the primal runs once); the SiLU derivative
+        is written in plain ops because ATen's fused ``silu_backward`` (used by
+        ``MLP.forward_jvp``) has no derivative of its own.
         """
         if isinstance(self.net, MLP):
             net = self.net
             b = x.shape[0]
             temb = net._time(self._t(x), x)
             h = torch.cat([x.reshape(b, -1), temb], dim=-1)
-            dh = torch.cat([dx.reshape(b, -1), torch.zeros_like(temb)], dim=-1)
+            dh = dx.reshape(dx.shape[0], -1)  # (B·P, d): P tangents per point (ForwardJVP protocol)
+            dh = torch.cat([dh, torch.zeros_like(dh[:, :1]).expand(-1, temb.shape[1])], dim=-1)
             for layer in net.layers[:-1]:
                 h, dh = dual_linear(layer, h, dh)
                 h, dsig = silu_derivative(h)
-                dh = dh * dsig
+                dh = per_probe(dsig, dh)
             v, dv = dual_linear(net.layers[-1], h, dh)
-            return v.reshape(x.shape), dv.reshape(x.shape)
+            return v.reshape(x.shape), dv.reshape(dx.shape)
         load_forward_ad()
-        return torch.func.jvp(lambda y: self.net(y, self._t(y)), (x,), (dx,))
+        P = dx.shape[0] // x.shape[0]
+        xr = x.repeat_interleave(P, dim=0) if P > 1 else x  # torch.func.jvp needs a primal per tangent
+        v, dv = torch.func.jvp(lambda y: self.net(y, self._t(y)), (xr,), (dx,))
+        return v[::P], dv
 
 
 def block_triangular_mask(blocks: Sequence[int]) -> Tensor:
@@ -126,14 +131,12 @@ class MaskedMLP(nn.Module):
         return F.linear(h, ws[-1], self.layers[-1].bias)
 
     def forward_jvp(self, x: Tensor, t: Tensor | None, dx: Tensor) -> tuple[Tensor, Tensor]:
-        """``(f(x), J_f(x) dx)``; primal and tangent through each masked layer as one batch of 2B."""
+        """``(f(x), J_f(x) dx)``; x (B, d), dx (B·P, d) -> (B, d), (B·P, d): the primal runs once."""
         ws = self._weights()
-        b = x.shape[0]
-        h, dh = x, dx
+        h, dh = x, dx  # dx: (B·P, d), P tangents per point (ForwardJVP protocol)
         for k, (w, layer) in enumerate(zip(ws, self.layers)):
-            y = F.linear(torch.cat([h, dh]), w)
-            h, dh = y[:b] + layer.bias, y[b:]
+            h, dh = F.linear(h, w, layer.bias), F.linear(dh, w)
             if k < len(ws) - 1:
                 h, dsig = silu_derivative(h)  # plain ops: twice differentiable
-                dh = dh * dsig
+                dh = per_probe(dsig, dh)
         return h, dh

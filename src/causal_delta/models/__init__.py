@@ -3,7 +3,9 @@
 Every velocity model is an ``nn.Module`` with ``forward(x, t)`` (x: (B, *event_shape),
 t: (B,) in [0, 1], output shaped like x), a ``config`` dataclass (``kind``, ``event_shape``
 and the hyper-parameters; JSON-serialisable through ``dataclasses.asdict``) and a hand-written
-``forward_jvp(x, t, dx) -> (v, J_x v · dx)`` that agrees with ``torch.func.jvp``.
+``forward_jvp(x, t, dx) -> (v, J_x v · dx)`` that agrees with ``torch.func.jvp`` (the
+:class:`causal_delta.jvp.ForwardJVP` protocol: ``dx`` holds ``P`` tangents per sample, the
+primal runs once).
 
 Entry points:
 

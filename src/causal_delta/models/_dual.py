@@ -1,19 +1,25 @@
-r"""Hand-written forward-mode ("dual") layer helpers.
+r"""Hand-written forward-mode ("dual") layer helpers with stacked tangents.
 
-Each helper takes a primal activation ``h`` and its tangent ``dh`` (same shape) and returns
-``(y, dy)`` with ``y = f(h)`` and ``dy = J_f(h) · dh``. They let a model write a
+Each helper takes a primal activation ``h`` of shape ``(B, ...)`` and a tangent ``dh`` of shape
+``(B·P, ...)`` — ``P >= 1`` tangents per sample, sample-major (row ``i·P + p`` belongs to sample
+``i``) — and returns ``(y, dy)`` with ``y = f(h)`` ``(B, ...)`` and ``dy = J_f(h) · dh``
+``(B·P, ...)``. The primal is computed once and serves all ``P`` tangents; this is the layout of
+the :class:`causal_delta.jvp.ForwardJVP` protocol, and the helpers let a model write a
 ``forward_jvp`` that mirrors its ``forward`` line by line.
 
 Rules that make this cheap (see ``shared/design/PERF.md``):
 
 * Linear and convolution layers are linear in their input up to the bias, so the tangent is
-  the same layer *without bias*. Primal and tangent are pushed through the weights as one
-  concatenated batch of ``2B`` (one GEMM / one convolution call instead of two).
-* Elementwise nonlinearities multiply the tangent by their derivative at the primal.
+  the same layer *without bias*. Primal and tangent go through the weights as two calls (the
+  bias fused into the primal's), never concatenated: a concatenation copies every activation,
+  and on a CPU one call on ``B + B·P`` rows is no faster per row than two calls.
+* Elementwise nonlinearities multiply the tangent by their derivative at the primal, computed
+  once per sample and broadcast over the ``P`` tangents (:func:`per_probe`).
 * GroupNorm and softmax attention use their exact derivatives (formulas in each docstring).
 
 Tangents are in the same units as the primal input direction: no hidden scaling by ε.
-Everything is plain tensor code (no in-place writes, no ``.item()``).
+Everything is plain tensor code (no in-place writes, no ``.item()``); it is meant to run under
+``torch.no_grad`` (the library's JVPs do).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "sinusoidal_embedding",
+    "probes_per_sample",
+    "per_probe",
     "dual_linear",
     "dual_conv2d",
     "dual_silu",
@@ -53,29 +61,39 @@ def sinusoidal_embedding(t: Tensor, dim: int, *, scale: float = 1000.0, max_peri
     return emb
 
 
-def _split(y: Tensor, batch: int) -> tuple[Tensor, Tensor]:
-    return y[:batch], y[batch:]
+def probes_per_sample(h: Tensor, dh: Tensor) -> int:
+    """``P = dh.shape[0] / h.shape[0]``: tangents per primal row (``dh`` is ``(B·P, ...)``, ``h`` ``(B, ...)``)."""
+    B = h.shape[0]
+    if dh.shape[1:] != h.shape[1:] or B == 0 or dh.shape[0] % B:
+        raise ValueError(f"tangent must have shape (B·P, {', '.join(map(str, h.shape[1:]))}) for a primal of "
+                         f"shape {tuple(h.shape)} (P tangents per sample), got {tuple(dh.shape)}")
+    return dh.shape[0] // B
+
+
+def per_probe(coef: Tensor, dh: Tensor, op=torch.mul) -> Tensor:
+    """``op(coef_i, dh_{i,p})`` for every sample ``i`` and tangent ``p``: ``coef`` ``(B, ...)`` is
+    broadcast over the ``P`` tangents of its sample without copying it; returns ``(B·P, ...)``.
+
+    ``coef`` may have size 1 in trailing dimensions (per-channel coefficients)."""
+    B = coef.shape[0]
+    P = dh.shape[0] // B
+    if P == 1:
+        return op(coef, dh)
+    out = op(coef.unsqueeze(1), dh.reshape(B, P, *dh.shape[1:]))
+    return out.reshape(B * P, *out.shape[2:])
 
 
 def dual_linear(layer: nn.Linear, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
-    r"""``y = W h + b``, ``dy = W dh``; both through one GEMM on ``cat([h, dh])`` (2B, in)."""
-    y, dy = _split(F.linear(torch.cat([h, dh]), layer.weight), h.shape[0])
-    if layer.bias is not None:
-        y = y + layer.bias
-    return y, dy
+    r"""``y = W h + b`` ``(B, out)``, ``dy = W dh`` ``(B·P, out)``: two GEMMs, no concatenation."""
+    return F.linear(h, layer.weight, layer.bias), F.linear(dh, layer.weight)
 
 
 def dual_conv2d(layer: nn.Conv2d, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
-    r"""``y = conv(h) + b``, ``dy = conv(dh)`` (no bias); one convolution on a batch of 2B."""
+    r"""``y = conv(h) + b``, ``dy = conv(dh)`` (no bias): two convolution calls, no concatenation."""
     if layer.padding_mode != "zeros":
         raise ValueError(f"dual_conv2d supports padding_mode='zeros' only, got {layer.padding_mode!r}")
-    y = F.conv2d(
-        torch.cat([h, dh]), layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups
-    )
-    y, dy = _split(y, h.shape[0])
-    if layer.bias is not None:
-        y = y + layer.bias.view(1, -1, *([1] * (y.ndim - 2)))
-    return y, dy
+    args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+    return F.conv2d(h, layer.weight, layer.bias, *args), F.conv2d(dh, layer.weight, None, *args)
 
 
 def silu_derivative(h: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,11 +106,15 @@ def silu_derivative(h: Tensor) -> tuple[Tensor, Tensor]:
 def dual_silu(h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
     r"""``y = h σ(h)``, ``dy = σ(h) (1 + h (1 - σ(h))) · dh``.
 
-    The tangent uses ATen's fused ``silu_backward(dh, h)``, which computes exactly
-    ``dh · silu'(h)`` in one pass (it has its own derivative formulas, so ``torch.func`` still
-    works through it).
+    With one tangent per sample the tangent uses ATen's fused ``silu_backward(dh, h)``, which
+    computes exactly ``dh · silu'(h)`` in one pass (it has its own derivative formulas, so
+    ``torch.func`` still works through it); with ``P > 1`` ``silu'(h)`` is computed once per
+    sample and multiplies its ``P`` tangents.
     """
-    return F.silu(h), torch.ops.aten.silu_backward(dh, h)
+    if dh.shape[0] == h.shape[0]:
+        return F.silu(h), torch.ops.aten.silu_backward(dh, h)
+    y, d = silu_derivative(h)
+    return y, per_probe(d, dh)
 
 
 def dual_group_norm(layer: nn.GroupNorm, h: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,45 +125,68 @@ def dual_group_norm(layer: nn.GroupNorm, h: Tensor, dh: Tensor) -> tuple[Tensor,
 
     ``dĥ = r (dh - a - ĥ c)`` with ``a = mean(dh)``, ``c = mean(ĥ dh) = r (mean(h dh) - μ a)``,
 
-    which is affine in ``(dh, h)`` per sample and channel:
+    which is affine in ``(dh, h)`` per sample, tangent and channel:
     ``dy = γ r · dh - γ r² c · h + γ r (r c μ - a)``. The primal (with ``μ``, ``r``) comes from one
-    fused ``native_group_norm`` call; the tangent costs two reductions and two ``addcmul`` passes.
+    fused ``native_group_norm`` call, once per sample; each tangent costs two reductions and two
+    ``addcmul`` passes (``h`` broadcast over the ``P`` tangents of its sample). With one tangent
+    per sample, ``dĥ`` is the input gradient of an unscaled GroupNorm at ``grad_output = dh``
+    (the normalisation's Jacobian ``r (I - 11ᵀ/n - ĥĥᵀ/n)`` is symmetric), one fused
+    ``native_group_norm_backward`` call, and ``dy = γ dĥ``.
 
-    Shapes: ``h``, ``dh`` of shape (B, C, *spatial); returns two tensors of that shape.
+    Shapes: ``h`` (B, C, *spatial), ``dh`` (B·P, C, *spatial); returns ``y`` shaped like ``h``
+    and ``dy`` shaped like ``dh``.
     """
     shape = h.shape
     b, ch, g = shape[0], shape[1], layer.num_groups
+    P = probes_per_sample(h, dh)
     hw = h[0, 0].numel()
     y, mu, r = torch.native_group_norm(h, layer.weight, layer.bias, b, ch, hw, g, layer.eps)
+    if P == 1:
+        dhat = torch.ops.aten.native_group_norm_backward(dh, h, mu, r, None, b, ch, hw, g, [True, False, False])[0]
+        return y, (dhat * layer.weight.view(1, ch, *(1,) * (len(shape) - 2)) if layer.affine else dhat)
     n = (ch // g) * hw
-    hg, dhg = h.reshape(b, g, n), dh.reshape(b, g, n)
-    a = dhg.mean(dim=-1)
-    c = r * (torch.linalg.vecdot(hg, dhg) / n - mu * a)  # (B, G)
-    coef_dh, coef_h, const = r, -r * r * c, r * (r * c * mu - a)
-    coefs = torch.stack([coef_dh, coef_h, const]).repeat_interleave(ch // g, dim=-1)  # (3, B, C)
+    hg, dhg = h.reshape(b, 1, g, n), dh.reshape(b, P, g, n)
+    a = dhg.mean(dim=-1)  # (B, P, G)
+    mu, r = mu.reshape(b, 1, g), r.reshape(b, 1, g)
+    c = r * (torch.linalg.vecdot(hg, dhg) / n - mu * a)  # (B, P, G)
+    coef_h, const = -r * r * c, r * (r * c * mu - a)  # per tangent
+    coef_dh = r  # per sample
+    rep = ch // g
+    coef_h, const, coef_dh = (k.repeat_interleave(rep, dim=-1) for k in (coef_h, const, coef_dh))  # (B, ·, C)
     if layer.affine:
-        coefs = coefs * layer.weight
-    view = (3, b, ch) + (1,) * (len(shape) - 2)
-    k_dh, k_h, k_0 = coefs.reshape(view).unbind(0)
-    return y, torch.addcmul(torch.addcmul(k_0, k_h, h), k_dh, dh)
+        coef_h, const, coef_dh = coef_h * layer.weight, const * layer.weight, coef_dh * layer.weight
+    view = (1,) * (len(shape) - 2)
+    h5, dh5 = h.reshape(b, 1, *shape[1:]), dh.reshape(b, P, *shape[1:])
+    dy = torch.addcmul(torch.addcmul(const.reshape(b, P, ch, *view), coef_h.reshape(b, P, ch, *view), h5),
+                       coef_dh.reshape(b, 1, ch, *view), dh5)
+    return y, dy.reshape(dh.shape)
 
 
 def dual_attention(
-    q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, scale: float
+    q: Tensor, k: Tensor, v: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, scale: float, *, heads: int = 1
 ) -> tuple[Tensor, Tensor]:
     r"""Softmax attention ``o = softmax(s q kᵀ) v`` and its exact derivative.
 
-    Shapes: ``q``, ``k``, ``v`` (and tangents) of shape (N, L, d) (N = batch × heads, L tokens);
-    returns ``(o, do)`` of shape (N, L, d). With ``S = s q kᵀ`` and ``A = softmax(S)`` (rows):
+    With ``S = s q kᵀ`` and ``A = softmax(S)`` (rows):
 
     ``dS = s (dq kᵀ + q dkᵀ)``,  ``dA = A ⊙ (dS - rowsum(A ⊙ dS))``,  ``do = dA v + A dv``.
 
-    Each sum of two products is one batched matmul on concatenated operands:
-    ``dq kᵀ + q dkᵀ = [dq, q] [k, dk]ᵀ`` and ``dA v + A dv = [dA, A] [v; dv]``.
+    Shapes: ``q``, ``k``, ``v`` of shape (B·heads, L, d) (L tokens), ordered sample-major;
+    ``dq``, ``dk``, ``dv`` of shape (B·P·heads, L, d) ordered (sample, tangent, head). Returns
+    ``o`` (B·heads, L, d) and ``do`` (B·P·heads, L, d). The attention matrix ``A`` is computed
+    once per sample and broadcast over its ``P`` tangents.
     """
     a = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * scale, dim=-1)
-    ds = torch.bmm(torch.cat([dq, q], dim=-1), torch.cat([k, dk], dim=-1).transpose(1, 2)) * scale
-    da = a * (ds - (a * ds).sum(dim=-1, keepdim=True))
     o = torch.bmm(a, v)
-    do = torch.bmm(torch.cat([da, a], dim=-1), torch.cat([v, dv], dim=1))
-    return o, do
+    B = q.shape[0] // heads
+    P = dq.shape[0] // q.shape[0]
+
+    def s5(x: Tensor, p: int) -> Tensor:  # (B·p·heads, L, ·) -> (B, p, heads, L, ·)
+        return x.reshape(B, p, heads, *x.shape[1:])
+
+    q5, k5, v5, a5 = s5(q, 1), s5(k, 1), s5(v, 1), s5(a, 1)
+    dq5, dk5, dv5 = s5(dq, P), s5(dk, P), s5(dv, P)
+    ds = (torch.matmul(dq5, k5.transpose(-1, -2)) + torch.matmul(q5, dk5.transpose(-1, -2))) * scale
+    da = a5 * (ds - (a5 * ds).sum(dim=-1, keepdim=True))
+    do = torch.matmul(da, v5) + torch.matmul(a5, dv5)
+    return o, do.reshape(dq.shape)

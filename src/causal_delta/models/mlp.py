@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import as_time, check_event_shape, check_nonneg_int, check_positive_int
-from ._dual import dual_linear, dual_silu, sinusoidal_embedding
+from ._dual import dual_linear, dual_silu, probes_per_sample, sinusoidal_embedding
 
 __all__ = ["MLPConfig", "MLP"]
 
@@ -87,14 +87,20 @@ class MLP(nn.Module):
     def forward_jvp(self, x: Tensor, t: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
         r"""Velocity and its directional derivative: returns ``(v, J_x v · dx)``, t held fixed.
 
-        Shapes: x, dx (B, *event_shape); t (B,); both outputs (B, *event_shape). Primal and
-        tangent go through each linear layer as one batch of 2B (tangent without bias).
+        Shapes: x (B, *event_shape); t (B,); dx (B·P, *event_shape), ``P`` tangents per sample
+        (row ``i·P + p`` is tangent ``p`` of sample ``i``; the :class:`causal_delta.jvp.ForwardJVP`
+        protocol); outputs (B, *event_shape) and (B·P, *event_shape). The primal runs once; the
+        tangent goes through each linear layer without bias, and through the first one without
+        the time columns (the time is held fixed), so no zero columns are concatenated.
         """
         b = x.shape[0]
+        probes_per_sample(x, dx)
         temb = self._time(t, x)
-        h = torch.cat([x.reshape(b, -1), temb], dim=-1)
-        dh = torch.cat([dx.reshape(b, -1), torch.zeros_like(temb)], dim=-1)
-        for layer in self.layers[:-1]:
+        first = self.layers[0]
+        d = dx[0].numel()
+        h = F.linear(torch.cat([x.reshape(b, -1), temb], dim=-1), first.weight, first.bias)
+        h, dh = dual_silu(h, F.linear(dx.reshape(dx.shape[0], d), first.weight[:, :d]))
+        for layer in self.layers[1:-1]:
             h, dh = dual_silu(*dual_linear(layer, h, dh))
         v, dv = dual_linear(self.layers[-1], h, dh)
-        return v.reshape(x.shape), dv.reshape(x.shape)
+        return v.reshape(x.shape), dv.reshape(dx.shape)

@@ -39,7 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import as_time, check_event_shape, check_int_tuple, check_nonneg_int, check_positive_int
-from ._dual import dual_attention, dual_conv2d, dual_group_norm, dual_silu, sinusoidal_embedding
+from ._dual import (
+    dual_attention,
+    dual_conv2d,
+    dual_group_norm,
+    dual_silu,
+    probes_per_sample,
+    sinusoidal_embedding,
+)
 
 __all__ = ["UNetConfig", "UNet"]
 
@@ -228,8 +235,8 @@ class AttnBlock(nn.Module):
         h, dh = dual_conv2d(self.qkv, *dual_group_norm(self.norm, x, dx))
         q, k, v = self._heads(h)
         dq, dk, dv = self._heads(dh)
-        o, do = dual_attention(q, k, v, dq, dk, dv, 1.0 / math.sqrt(q.shape[-1]))
-        p, dp = dual_conv2d(self.proj, self._merge(o, x.shape), self._merge(do, x.shape))
+        o, do = dual_attention(q, k, v, dq, dk, dv, 1.0 / math.sqrt(q.shape[-1]), heads=self.heads)
+        p, dp = dual_conv2d(self.proj, self._merge(o, x.shape), self._merge(do, dx.shape))
         return x + p, dx + dp
 
 
@@ -263,10 +270,9 @@ class Upsample(nn.Module):
 
     def forward_jvp(self, x: Tensor, dx: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         h, dh = dual_silu(*dual_group_norm(self.norm, x, dx))
-        # nearest interpolation is linear: resize primal and tangent as one batch
-        both = F.interpolate(torch.cat([h, dh]), size=size, mode="nearest")
-        b = x.shape[0]
-        return dual_conv2d(self.conv, both[:b], both[b:])
+        # nearest interpolation is linear: the tangent is resized like the primal
+        return dual_conv2d(self.conv, F.interpolate(h, size=size, mode="nearest"),
+                           F.interpolate(dh, size=size, mode="nearest"))
 
 
 class UNet(nn.Module):
@@ -361,14 +367,15 @@ class UNet(nn.Module):
     def forward_jvp(self, x: Tensor, t: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
         r"""Velocity and its directional derivative: returns ``(v, J_x v · dx)``, t held fixed.
 
-        Mirrors :meth:`forward` with the dual layers of :mod:`causal_delta.models._dual`:
-        primal and tangent share one convolution call (batch 2B, tangent without bias),
-        GroupNorm, SiLU and attention use their exact derivatives. Shapes: x, dx (B, C, H, W),
-        t (B,); outputs (B, out_channels, H, W).
+        Mirrors :meth:`forward` with the stacked-tangent layers of :mod:`causal_delta.models._dual`
+        (the :class:`causal_delta.jvp.ForwardJVP` protocol): the primal runs once for all ``P``
+        tangents of a sample; convolutions take the tangent without bias; GroupNorm, SiLU and
+        attention use their exact derivatives. Shapes: x (B, C, H, W), t (B,), dx (B·P, C, H, W)
+        (row ``i·P + p`` is tangent ``p`` of sample ``i``); outputs (B, out_channels, H, W) and
+        (B·P, out_channels, H, W).
         """
         self._check(x)
-        if dx.shape != x.shape:
-            raise ValueError(f"dx must have the shape of x {tuple(x.shape)}, got {tuple(dx.shape)}")
+        probes_per_sample(x, dx)
         temb = self._time(t, x)
         h, dh = dual_conv2d(self.conv_in, x, dx)
         skips, sizes = [], []
