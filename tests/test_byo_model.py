@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from causal_delta import _rng
 from causal_delta import dependence as D
 from causal_delta import jvp as J
 from causal_delta.cli import main
@@ -227,7 +228,7 @@ def test_cli_sample_jvp_dependence_with_user_model(nets, tmp_path, monkeypatch, 
     assert main(["sample", *model, "-n", "50", "--steps", "10", "--out", str(tmp_path / "s.npy")]) == 0
     assert "signature t,x" in capsys.readouterr().out
     v = as_velocity(nets["net"])
-    x0 = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    x0 = _rng.normal(0, "x0", range(50), (3,)).float()  # the command's draws: sample i's x0 from (seed, i)
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), sample(v, x0, steps=10).numpy(), rtol=1e-6, atol=1e-6)
 
     out = subprocess.run(cmd + ["jvp", *model, "-n", "40", "--steps", "10", "--dtype", "float64",
@@ -236,9 +237,8 @@ def test_cli_sample_jvp_dependence_with_user_model(nets, tmp_path, monkeypatch, 
     assert out.returncode == 0, out.stderr
     assert "--model byo_nets:make_cfm: signature t,x" in out.stdout
     dy = np.load(tmp_path / "j" / "responses.npz")["responses"]
-    gen = torch.Generator().manual_seed(0)  # the command's draws: x0, then unit Gaussian probes
-    x0 = torch.randn(40, 3, generator=gen, dtype=torch.float64)
-    z = J.make_probes(40, (3,), generator=gen, dtype=torch.float64)
+    x0 = _rng.normal(0, "x0", range(40), (3,)).double()  # the command's draws: x0 and unit Gaussian probes
+    z = _rng.probes(0, range(40), (3,)).double()
     ref = J.jvp_forward(copy.deepcopy(v).to(torch.float64), x0, z, steps=10).jvp.reshape(40, 3)
     np.testing.assert_allclose(dy, ref.numpy(), rtol=1e-10, atol=1e-12)
     rep = json.loads((tmp_path / "j" / "report.json").read_text())
