@@ -31,9 +31,8 @@ def flow_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    # Small pilot and draw blocks, so that a 60-sample run crosses both (and batches straddle blocks).
+    # A small pilot, so that a 60-sample run crosses it.
     monkeypatch.setattr(_jvp_moments, "PILOT_SAMPLES", 16)
-    monkeypatch.setattr(_jvp_moments, "DRAW_BLOCK", 8)
 
 
 def _jvp(flow_dir, out, *extra):
@@ -54,7 +53,10 @@ def test_moments_do_not_depend_on_the_batch_size_and_equal_the_rows(flow_dir, tm
     a = _jvp(flow_dir, tmp_path / "a", "--batch-size", "7")
     b = _jvp(flow_dir, tmp_path / "b", "--batch-size", "64")
     _same(a, b)
-    assert a.n == N * P and a._config() == b._config()
+    assert a.n == N * P
+    # the same settings; the pilot thresholds to float64 rounding (BLAS sums differ with the batch size)
+    for x, y in zip(a._config(), b._config(), strict=True):
+        assert np.allclose(x, y, rtol=1e-12, atol=0) if isinstance(x, tuple) else x == y
     # Draws are a function of (seed, sample index): any sub-range is the slice of the whole.
     x0, z = _jvp_moments.draw(0, 0, N, (2, 2), probes=P, kind="gaussian", normalize=True)
     x5, z5 = _jvp_moments.draw(0, 5, 21, (2, 2), probes=P, kind="gaussian", normalize=True)
@@ -180,3 +182,15 @@ def test_two_processes_write_the_moments_of_one(flow_dir, tmp_path):
     _same(one, two)
     rep = json.loads((tmp_path / "two" / "report.json").read_text())
     assert rep["n_responses"] == N * P
+
+
+def test_moments_equal_the_sums_of_the_raw_route(flow_dir, tmp_path):
+    """Both routes draw sample i's x0 and probes from (seed, i): the streamed sums are the raw rows' sums."""
+    acc = _jvp(flow_dir, tmp_path / "m", "--batch-size", "16")
+    argv = ["jvp", "--checkpoint", str(flow_dir), "-n", str(N), "--probes", str(P), "--features", "0,1,3",
+            "--solver", "euler", "--steps", "3", "--dtype", "float64", "--out", str(tmp_path / "raw")]
+    assert cli.main(argv) == 0
+    dy = torch.from_numpy(np.load(tmp_path / "raw" / "responses.npz")["responses"])
+    assert acc.n == dy.shape[0]
+    torch.testing.assert_close(acc.outer.double(), dy.T @ dy, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(acc.total.double(), dy.sum(0), rtol=1e-12, atol=1e-12)

@@ -4,12 +4,9 @@ Memory does not grow with ``-n``: samples are drawn, pushed through the generato
 batch by batch, and ``moments.npz`` holds the sums (count, Σ Δy, Σ Δy Δyᵀ, the Poisson-bootstrap
 replicates and, with ``--condition-on``, the same for the rows passing each threshold).
 
-Draws: sample ``i``'s ``x0`` and probes come from the block ``i // DRAW_BLOCK``, each block from
-its own ``torch.Generator`` seeded by a SplitMix64 hash of ``(--seed, block)``. They are therefore
-a function of ``(seed, i)`` only — the same for every ``--batch-size`` (and for any split of the
-blocks over processes). This is not the stream of the raw-responses route, which draws all of
-``x0`` and then all probes from one generator; the two routes agree in distribution, not row
-by row.
+Draws: sample ``i``'s ``x0`` and probes are the counter-based draws of :mod:`causal_delta._rng`,
+a function of ``(--seed, i)`` only — the same for every ``--batch-size``, any split over
+processes, and the same rows as the raw-responses route of ``jvp`` with the same seed.
 
 Under ``torchrun`` (``torch.distributed`` initialised before the command runs) the batches are
 split over the ranks, the sums all-reduced and rank 0 writes: the file is the same for any number
@@ -24,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["DRAW_BLOCK", "PILOT_SAMPLES", "DEFAULT_QUANTILES", "DEFAULT_N_BOOT", "draw", "run"]
+__all__ = ["PILOT_SAMPLES", "DEFAULT_QUANTILES", "DEFAULT_N_BOOT", "draw", "run"]
 
-DRAW_BLOCK = 256
-"""Samples per independently seeded block of draws."""
 
 PILOT_SAMPLES = 1024
 """Samples whose responses choose the conditioning thresholds."""
@@ -41,22 +36,14 @@ DEFAULT_N_BOOT = 1000
 
 def draw(seed: int, start: int, stop: int, event, *, probes: int, kind: str, normalize: bool):
     """``x0`` ``(stop-start, *event)`` and probes ``(stop-start, probes, *event)``, float64, of the
-    global samples ``start .. stop-1`` (a function of ``(seed, sample index)`` only)."""
-    import torch
+    global samples ``start .. stop-1``: the same counter-based draws as the raw route
+    (:mod:`causal_delta._rng`, a function of ``(seed, sample index)`` only), so the moments equal the
+    sums of the rows ``jvp`` writes without ``--moments-only``."""
+    from .. import _rng
 
-    from .._poisson import derive_seed
-    from ..jvp import make_probes
-
-    xs, zs = [], []
-    for b in range(start // DRAW_BLOCK, -(-stop // DRAW_BLOCK)):
-        gen = torch.Generator().manual_seed(derive_seed(seed, b))
-        x0 = torch.randn(DRAW_BLOCK, *event, generator=gen, dtype=torch.float64)
-        z = make_probes(DRAW_BLOCK, event, probes=probes, kind=kind, normalize=normalize, generator=gen,
-                        dtype=torch.float64)
-        lo, hi = max(start - b * DRAW_BLOCK, 0), min(stop - b * DRAW_BLOCK, DRAW_BLOCK)
-        xs.append(x0[lo:hi])
-        zs.append(z[lo:hi])
-    return torch.cat(xs), torch.cat(zs)
+    rows = range(start, stop)
+    return (_rng.normal(seed, "x0", rows, event),
+            _rng.probes(seed, rows, event, probes=probes, kind=kind, normalize=normalize))
 
 
 def _progress(total: int):
@@ -169,7 +156,7 @@ def run(args: argparse.Namespace, *, velocity, classifier, features, names, even
         "moments": {"n_boot": n_boot, "bootstrap": "Poisson(1) weights per sample, hashed from (seed, sample index)",
                     "seed": args.seed, "condition_on": k, "quantiles": quantiles if k is not None else None,
                     "thresholds": thresholds, "pilot_samples": n_pilot,
-                    "draws": f"blocks of {DRAW_BLOCK} samples, each from a generator seeded by (seed, block)"},
+                    "draws": "counter-based per sample index (causal_delta._rng), as the raw route"},
         "responses_file": path.name,
     }
     report.write_json(out / "report.json", rep)
