@@ -12,13 +12,20 @@ from causal_delta import cli
 
 def test_version_and_lazy_submodules():
     assert causal_delta.__version__
-    for name in causal_delta.__all__:
-        if name == "__version__":
-            continue
+    for name in causal_delta._SUBMODULES:
         mod = getattr(causal_delta, name)
         assert mod.__name__ == f"causal_delta.{name}"
         for public in getattr(mod, "__all__", []):
             assert hasattr(mod, public), f"{mod.__name__}.__all__ names missing {public!r}"
+
+
+def test_public_api_fits_one_screen_and_resolves():
+    """Every top-level name is its module's own object, listed in that module's ``__all__``."""
+    assert len(causal_delta._API) <= 30
+    for name, module in causal_delta._API.items():
+        mod = importlib.import_module(f"causal_delta.{module}")
+        assert name in mod.__all__ and getattr(causal_delta, name) is getattr(mod, name), name
+    assert set(causal_delta.__all__) == {"__version__", *causal_delta._API, *causal_delta._SUBMODULES}
 
 
 def test_unknown_attribute():
