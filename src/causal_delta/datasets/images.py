@@ -19,7 +19,8 @@ Sources:
   ``dataset-fashion-mnist``).
 - ``"folder"``: image files (PNG, JPEG, BMP, ...) read with Pillow; files directly in ``root``
   are class 0, or each sub-folder of ``root`` is a class (sorted names, like torchvision's
-  ``ImageFolder``).
+  ``ImageFolder``); one channel when every file is grayscale, else RGB (overridable). This is
+  the one folder reader: ``causal-delta train --data DIR`` goes through it too.
 
 Class filtering (``classes=``) keeps the images whose label is in the given set (integers,
 or class names for Fashion-MNIST and folders); resizing (``size=``) uses bilinear
@@ -49,6 +50,8 @@ __all__ = [
     "load_mnist",
     "load_fashion_mnist",
     "load_image_folder",
+    "folder_files",
+    "folder_mode",
     "load_images",
     "read_image",
     "to_unit_range",
@@ -356,30 +359,16 @@ def read_image(
     return t.contiguous()
 
 
-def load_image_folder(
-    root: str | os.PathLike,
-    *,
-    classes: int | str | Iterable[int | str] | None = None,
-    size: int | Sequence[int] | None = None,
-    grayscale: bool = True,
-    limit: int | None = None,
-) -> ImageData:
-    """Image files in a folder, read with Pillow.
+def folder_files(root: str | os.PathLike) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
+    """The one rule for an image folder: ``(class names, [(file, class index), ...])``.
 
-    Files directly in ``root`` form one class named after the folder; otherwise each
-    sub-folder of ``root`` is a class (sorted by name) holding its images. Hidden files and
-    files with other extensions are skipped.
-
-    Args:
-        root: the folder.
-        classes: class indices or sub-folder names to keep.
-        size: output ``(H, W)``; required when the images differ in size.
-        grayscale: convert to one channel (``"L"``); otherwise three (``"RGB"``).
-        limit: keep at most this many images (after filtering), in sorted file order.
+    Files directly in ``root`` form one class named after the folder (sub-folders are then
+    ignored); otherwise each sub-folder of ``root`` is a class (sorted by name, like
+    torchvision's ``ImageFolder``) holding its images. Hidden files and files with other
+    extensions are skipped; files are in sorted order.
 
     Raises:
-        FileNotFoundError: if ``root`` does not exist or holds no image files.
-        ValueError: if the images differ in size and ``size`` is not given.
+        FileNotFoundError: ``root`` is not a folder, or neither it nor its sub-folders hold images.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -400,19 +389,75 @@ def load_image_folder(
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(_IMAGE_EXTENSIONS)}) found in {root} "
                                 f"or its sub-folders")
+    return names, files
+
+
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def folder_mode(files: Iterable[str | os.PathLike]) -> str:
+    """Colour mode read from the files: ``"L"`` when every file is grayscale, else ``"RGB"``.
+
+    Only the headers are read (Pillow opens lazily). A palette image (``"P"``) counts as colour.
+    """
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("reading image files needs Pillow: pip install pillow") from exc
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                mode = im.mode
+        except Exception as exc:
+            raise ValueError(f"could not read image {f}: {exc}") from exc
+        if mode not in _GRAY_MODES:
+            return "RGB"
+    return "L"
+
+
+def load_image_folder(
+    root: str | os.PathLike,
+    *,
+    classes: int | str | Iterable[int | str] | None = None,
+    size: int | Sequence[int] | None = None,
+    grayscale: bool | None = None,
+    limit: int | None = None,
+) -> ImageData:
+    """Image files in a folder, read with :func:`read_image` (the library's one folder reader).
+
+    The folder layout follows :func:`folder_files` (flat: one class; or one sub-folder per
+    class) and the colour mode :func:`folder_mode` (one channel when every file is grayscale,
+    else three), unless ``grayscale`` says otherwise.
+
+    Args:
+        root: the folder.
+        classes: class indices or sub-folder names to keep.
+        size: output ``(H, W)``; required when the images differ in size.
+        grayscale: ``True`` forces one channel (``"L"``), ``False`` three (``"RGB"``);
+            ``None`` (default) takes the mode from the files.
+        limit: keep at most this many images (after filtering), in sorted file order.
+
+    Raises:
+        FileNotFoundError: if ``root`` does not exist or holds no image files.
+        ValueError: if the images differ in size and ``size`` is not given.
+    """
+    root = Path(root).expanduser()
+    names, files = folder_files(root)
     keep = _class_indices(classes, names)
     if keep is not None:
         files = [(p, c) for p, c in files if c in keep]
     if limit is not None:
         _filter(torch.zeros(0), torch.zeros(0, dtype=torch.long), None, limit)  # validates limit
         files = files[:limit]
+    if grayscale is not None and not isinstance(grayscale, bool):
+        raise ValueError(f"grayscale must be True, False or None (from the files), got {grayscale!r}")
+    mode = folder_mode(p for p, _ in files) if grayscale is None else ("L" if grayscale else "RGB")
     target = _parse_size(size)
-    mode = "L" if grayscale else "RGB"
     arrays = [read_image(p, mode=mode, size=target).unsqueeze(0) for p, _ in files]
     shapes = {tuple(a.shape[-2:]) for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images in {root} differ in size ({sorted(shapes)[:3]}...); pass size=(H, W)")
-    unit = torch.cat(arrays) if arrays else torch.zeros(0, 1 if grayscale else 3, *(target or (1, 1)))
+    unit = torch.cat(arrays) if arrays else torch.zeros(0, 1 if mode == "L" else 3, *(target or (1, 1)))
     labels = torch.tensor([c for _, c in files], dtype=torch.int64)
     return ImageData(_finish(unit, None), labels, names, f"folder:{root}")
 
@@ -425,11 +470,13 @@ def load_images(
     size: int | Sequence[int] | None = None,
     train: bool = True,
     limit: int | None = None,
+    grayscale: bool | None = None,
 ) -> ImageData:
     """Load an image source by name: ``"digits"``, ``"mnist"``, ``"fashion-mnist"``, ``"folder"``.
 
     ``root`` is required for ``"mnist"`` and ``"folder"``, optional for ``"fashion-mnist"``
-    and ignored for ``"digits"``. See the individual loaders for the other arguments.
+    and ignored for ``"digits"``; ``grayscale`` (``None``: from the files) applies to ``"folder"``.
+    See the individual loaders for the other arguments.
     """
     if source == "digits":
         return load_digits(classes=classes, size=size, limit=limit)
@@ -441,5 +488,5 @@ def load_images(
             raise ValueError(f"source {source!r} needs root (--data-root): {what}")
         if source == "mnist":
             return load_mnist(root, train=train, classes=classes, size=size, limit=limit)
-        return load_image_folder(root, classes=classes, size=size, limit=limit)
+        return load_image_folder(root, classes=classes, size=size, limit=limit, grayscale=grayscale)
     raise ValueError(f"source must be one of {IMAGE_SOURCES}, got {source!r}")
