@@ -115,6 +115,17 @@ def test_pixels_quick_on_digits(tmp_path):
     assert res["fd_vs_forward"]["relative_error_float64"] < 1e-6
     assert res["fd_vs_forward"]["relative_error_float32"] < 1e-2
     assert {"derivative.png", "scatter.png", "corr_maps.png", "samples.png"} == set(report["figures"])
+    # The memorisation diagnostic sits beside the estimates: one line in summary.md, numbers in
+    # report.json, the full diagnostic in memorisation/ (its baseline: the 182 fives leave-one-out).
+    mem = res["memorisation"]
+    assert mem["n_train"] == 182 and mem["real_reference"].endswith("(leave-one-out)")
+    assert 0.0 <= mem["copy_fraction"] <= 1.0 and 0.0 < mem["real_median_ratio"] < 1.0
+    assert mem["verdict"] in ("memorised", "not memorised")
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"Memorisation diagnostic ({mem['verdict']}): {mem['line']}" in summary
+    assert mem["line"].startswith("own-pair (copies, d1/d2 < 1/3)") and "Jacobian rank (fresh, of top 5)" in mem["line"]
+    assert json.loads((tmp_path / "memorisation" / "report.json").read_text())["fresh"]["median_ratio"] == \
+        pytest.approx(mem["median_ratio"])
 
 
 def test_cli_all_quick_minimal(tmp_path, capsys):

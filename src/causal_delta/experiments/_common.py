@@ -42,6 +42,7 @@ __all__ = [
     "fmt",
     "train_model",
     "memorisation_check",
+    "memorisation_verdict",
 ]
 
 
@@ -331,7 +332,8 @@ def memorisation_check(
         ``median_ratio`` of fresh samples with their real-data baselines ``real_copy_fraction``,
         ``real_median_ratio`` (and ``real_reference``: what the baseline compares),
         ``median_nearest_over_spacing``, ``jacobian_rank`` of ``jacobian_k``, ``n_train``,
-        ``n_fresh`` and ``report`` (the full report's path).
+        ``n_fresh``, ``report`` (the full report's path) and ``verdict``
+        (:func:`memorisation_verdict`).
     """
     from ..diagnostics import MemorisationConfig, diagnose_memorisation, one_line_summary, write_memorisation_report
 
@@ -341,10 +343,34 @@ def memorisation_check(
     write_memorisation_report(report, out_dir)
     fresh, real = report["fresh"], report.get("real", {})
     jac = report.get("jacobian", {}).get("fresh", {})
-    return {"line": one_line_summary(report), "copy_fraction": fresh["fraction_below_1/3"],
+    out = {"line": one_line_summary(report), "copy_fraction": fresh["fraction_below_1/3"],
             "median_ratio": fresh["median_ratio"], "real_copy_fraction": real.get("fraction_below_1/3"),
             "real_median_ratio": real.get("median_ratio"), "real_reference": real.get("reference"),
             "median_nearest_over_spacing": fresh["median_nearest_over_spacing"],
             "jacobian_rank": jac.get("mean_rank"), "jacobian_k": jac.get("k"), "n_train": report["n_train"],
             "n_fresh": report["n_fresh"], "report": str(Path(out_dir) / "report.json")}
+    out["verdict"] = memorisation_verdict(out)
+    return out
+
+
+MEMORISED_MARGIN = 0.10
+"""Copy-fraction excess over real data (absolute) that :func:`memorisation_verdict` calls material."""
+
+
+def memorisation_verdict(numbers: Mapping[str, Any]) -> str:
+    r"""``"memorised"`` or ``"not memorised"`` from :func:`memorisation_check`'s numbers.
+
+    Memorised when the copy fraction of fresh samples :math:`p_g` (share with
+    :math:`d_1/d_2 < 1/3`, over :math:`n_g` samples) exceeds the real-data baseline's
+    :math:`p_r` (over :math:`n_r` rows) both materially and significantly:
+    :math:`p_g - p_r > \max(0.1,\ 3\sqrt{p_g(1-p_g)/n_g + p_r(1-p_r)/n_r})`.
+    Without a baseline (fewer than 3 training rows) the test is :math:`p_g > 0.5`.
+    """
+    pg, ng = float(numbers["copy_fraction"]), int(numbers["n_fresh"])
+    pr = numbers.get("real_copy_fraction")
+    if pr is None:
+        return "memorised" if pg > 0.5 else "not memorised"
+    pr, nr = float(pr), int(numbers["n_train"])
+    se = math.sqrt(pg * (1 - pg) / ng + pr * (1 - pr) / nr)
+    return "memorised" if pg - pr > max(MEMORISED_MARGIN, 3 * se) else "not memorised"
 

@@ -115,7 +115,8 @@ def memorisation_line(tabular: list[dict], images: list[dict]) -> str:
         def span(key: str, form: str = "{:.3f}") -> str:
             return _span([m[key] for m in ms], form)
 
-        parts.append(f"{title} ({len(ms)} flows): copies {span('copy_fraction', '{:.1%}')} "
+        memorised = sum(m.get("verdict") == "memorised" for m in ms)
+        parts.append(f"{title} ({memorised}/{len(ms)} flows memorised): copies {span('copy_fraction', '{:.1%}')} "
                      f"(real {span('real_copy_fraction', '{:.1%}')}) / median d1/d2 {span('median_ratio')} "
                      f"(real {span('real_median_ratio')}) / rank {span('jacobian_rank', '{:.1f}')} "
                      f"of top {span('jacobian_k', '{:d}')}")

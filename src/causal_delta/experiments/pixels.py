@@ -41,8 +41,7 @@ import torch
 
 from . import _common as C
 
-__all__ = ["PixelsConfig", "run_pixels", "map_pixel_pair", "region_box", "memorisation_verdict", "PUBLISHED",
-           "PAPER_PAIR"]
+__all__ = ["PixelsConfig", "run_pixels", "map_pixel_pair", "region_box", "PUBLISHED", "PAPER_PAIR"]
 
 PAPER_PAIR = ((14, 8), (15, 8))
 """The paper's pixel pair (row, column) on 28x28 MNIST fives."""
@@ -190,7 +189,6 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
     with timer("memorisation"):
         memorisation = C.memorisation_check(flow, data.images.to(device), out / "memorisation", method=config.method,
                                             steps=config.solver_steps, seed=config.seed, progress=progress)
-        memorisation["verdict"] = memorisation_verdict(memorisation)
 
     with timer("statistics"):
         from ..dependence import correlation
