@@ -10,8 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from causal_delta.diagnostics import (gaussian_mmd2, gradient_variance, median_bandwidth, mmd2_biased, mmd2_unbiased,
-                                      nearest_copy_statistics, own_pair_statistics)
+from causal_delta.diagnostics import (
+    gaussian_mmd2,
+    gradient_variance,
+    median_bandwidth,
+    mmd2_biased,
+    mmd2_unbiased,
+    nearest_copy_statistics,
+    own_pair_statistics,
+)
 
 
 def test_mmd_unbiased_against_closed_form():

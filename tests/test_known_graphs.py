@@ -11,8 +11,17 @@ import torch
 
 from causal_delta.cli import main
 from causal_delta.datasets.scm import SCM
-from causal_delta.experiments._graph_verdicts import middle_node, normalise_rows, tail_share, trim_rows
-from causal_delta.experiments.known_graphs import KnownGraphsConfig, role_assignment, run_known_graphs
+from causal_delta.experiments._graph_verdicts import (
+    middle_node,
+    normalise_rows,
+    tail_share,
+    trim_rows,
+)
+from causal_delta.experiments.known_graphs import (
+    KnownGraphsConfig,
+    role_assignment,
+    run_known_graphs,
+)
 from causal_delta.graphs import KNOWN_GRAPHS, known_graph, skeleton_shd
 from causal_delta.graphs.pc import pc_labels
 

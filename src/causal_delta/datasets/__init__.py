@@ -12,7 +12,7 @@ add names with :func:`register_data_source`. A name that is not registered is re
 * ``.npy`` / ``.csv`` of shape ``(N, d)`` (or ``(N,)``): tabular data, event shape ``(d,)``;
 * ``.npy`` / ``.pt`` of shape ``(N, C, H, W)``: images;
 * a directory of image files (flat, or one sub-folder per class): images, one channel when
-  every file is grayscale, else RGB (:func:`causal_delta.datasets.images.load_image_folder`).
+  every file is grayscale, else RGB (:func:`causal_delta.datasets.folder.load_image_folder`).
 
 Integer images ``(N, C, H, W)`` (e.g. ``uint8``) are scaled to [-1, 1]; an integer table
 ``(N, d)`` is not, unless the data arguments say ``images=True``; float data is used as is.

@@ -9,7 +9,7 @@
   dict with one of the keys ``data``, ``images``, ``x``): images, event shape ``(C, H, W)``.
 * a directory of image files, flat or one sub-folder per class (Pillow needed): images, all of
   one size (or resized to ``size``), grayscale when every file is (``grayscale=`` overrides);
-  read by :func:`causal_delta.datasets.images.load_image_folder`, the one folder reader.
+  read by :func:`causal_delta.datasets.folder.load_image_folder`, the one folder reader.
 
 Integer images ``(N, C, H, W)`` (e.g. ``uint8`` pixels) are scaled to [-1, 1] by
 ``x / 127.5 - 1``; an integer *table* ``(N, d)`` keeps its values unless the user says it holds
@@ -185,7 +185,7 @@ def array_source(data: Tensor | np.ndarray, name: str = "array", *, standardize:
 def image_folder_source(path: str | Path, *, size: int | tuple[int, int] | None = None,
                         grayscale: bool | None = None) -> TensorSource:
     """Images from a folder, ``(N, C, H, W)`` in [-1, 1], through the library's one folder reader
-    :func:`causal_delta.datasets.images.load_image_folder` (flat or one sub-folder per class;
+    :func:`causal_delta.datasets.folder.load_image_folder` (flat or one sub-folder per class;
     one channel when every file is grayscale, else RGB; class labels are not used here).
 
     Args:
@@ -193,7 +193,7 @@ def image_folder_source(path: str | Path, *, size: int | tuple[int, int] | None 
             all images must have the same size.
         grayscale: force 1 channel (``True``) or 3 (``False``); default: from the files.
     """
-    from .images import load_image_folder
+    from .folder import load_image_folder
 
     path = Path(path).expanduser()
     return TensorSource(load_image_folder(path, size=size, grayscale=grayscale).images, name=str(path))

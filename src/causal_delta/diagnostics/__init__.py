@@ -9,9 +9,16 @@
 """
 
 from .gradient_variance import GradientVariance, gradient_variance
-from .memorisation import (MemorisationConfig, diagnose_memorisation, jacobian_spectra, nearest_copy_statistics,
-                           one_line_summary, own_pair_statistics, real_copy_statistics,
-                           write_memorisation_report)
+from .memorisation import (
+                           MemorisationConfig,
+                           diagnose_memorisation,
+                           jacobian_spectra,
+                           nearest_copy_statistics,
+                           one_line_summary,
+                           own_pair_statistics,
+                           real_copy_statistics,
+                           write_memorisation_report,
+)
 from .mmd import gaussian_mmd2, median_bandwidth, mmd2_biased, mmd2_unbiased
 
 __all__ = ["GradientVariance", "gradient_variance", "MemorisationConfig", "diagnose_memorisation",

@@ -335,7 +335,12 @@ def memorisation_check(
         ``n_fresh``, ``report`` (the full report's path) and ``verdict``
         (:func:`memorisation_verdict`).
     """
-    from ..diagnostics import MemorisationConfig, diagnose_memorisation, one_line_summary, write_memorisation_report
+    from ..diagnostics import (
+        MemorisationConfig,
+        diagnose_memorisation,
+        one_line_summary,
+        write_memorisation_report,
+    )
 
     cfg = MemorisationConfig(method=method, steps=steps, n_fresh=n_fresh, t_grid=(0.1, 0.5, 0.9), grad_samples=64,
                              jacobian_points=jacobian_points, jacobian_k=5, seed=seed)
