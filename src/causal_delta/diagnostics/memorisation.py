@@ -245,7 +245,7 @@ def diagnose_memorisation(
     fresh_source = fresh_source or GaussianSource(event)
     n = targets.shape[0]
     n_fresh = cfg.n_fresh or min(n, 2048)
-    fresh = fresh_source(n_fresh, gen).to(torch.float32)
+    fresh = fresh_source(n_fresh, gen).to(device=targets.device, dtype=torch.float32)
     if tuple(fresh.shape[1:]) != event:
         raise ValueError(f"fresh sources have event shape {tuple(fresh.shape[1:])}, the training data {event}")
     out: dict[str, Any] = {"n_train": n, "n_fresh": n_fresh, "event_shape": list(event),
@@ -270,7 +270,8 @@ def diagnose_memorisation(
     sigma = train_sigma if cfg.sigma is None else cfg.sigma
     idx = _subset(n, cfg.grad_samples or min(n, 1024), gen)
     x1 = targets[idx].to(torch.float32)
-    x0 = sources[idx].to(torch.float32) if sources is not None else fresh_source(len(idx), gen).to(torch.float32)
+    x0 = (sources[idx].to(torch.float32) if sources is not None
+          else fresh_source(len(idx), gen).to(device=targets.device, dtype=torch.float32))
     gv = gradient_variance(flow, x0, x1, list(cfg.t_grid), sigma=sigma, generator=gen, progress=progress)
     out["gradient_variance"] = {**gv.to_dict(), "pairs": "training pairs" if sources is not None else
                                 "fresh sources paired at random with training targets"}
