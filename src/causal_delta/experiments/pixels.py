@@ -25,6 +25,17 @@ triangle) and their mean absolute gap, each with a BCa bootstrap CI that resampl
 ``(x0, z)`` pairs. Entries that are undefined (a pixel constant across samples) are dropped
 and counted.
 
+All correlations are :func:`causal_delta.dependence.correlation` (uncentred for the JVP,
+``centered=True`` for pixel values and for the Pearson between matrices); the intervals are
+:func:`causal_delta.dependence.bootstrap_statistic` (BCa, seeded ``torch.Generator``).
+
+Memorisation: the trained flow also gets the diagnostic of
+:func:`causal_delta.diagnostics.diagnose_memorisation` (``memorisation/``; one line in
+``summary.md``: own-pair — for this independent coupling, the share of fresh samples that copy
+one training image, ``d_1/d_2 < 1/3`` — / median nearest-copy ratio / Jacobian rank), each
+beside the same statistic for the training images themselves (leave-one-out), and the verdict
+"memorised" or "not memorised" of :func:`._common.memorisation_verdict`.
+
 Figures: ``derivative.png`` (the "derivative image" ``J z`` of Figure 3, with ``x0``, ``z``
 and ``f(x0)``), ``scatter.png`` (JVP vs empirical entries), ``corr_maps.png`` (correlation of
 the first pixel of the pair with every pixel: JVP, generated, real) and ``samples.png``.
