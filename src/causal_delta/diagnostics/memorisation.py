@@ -352,11 +352,14 @@ def write_memorisation_report(report: dict[str, Any], out_dir: str | Path) -> li
     own = report.get("own_pair", {})
     mmd = report["mmd"]
     lines = ["# Memorisation diagnostic", "", one_line_summary(report), "",
-             "| statistic | value |", "| --- | --- |",
-             f"| own-pair fraction (chance {_fmt(own.get('chance'))}) | {_fmt(own.get('fraction'))} |",
-             f"| median distance to own / nearest other target | {_fmt(own.get('median_own_distance'))} / "
-             f"{_fmt(own.get('median_other_distance'))} |",
-             f"| nearest-copy ratio d1/d2, fresh sources (median; fraction < 1/3) | "
+             "| statistic | value |", "| --- | --- |"]
+    if own:
+        lines += [f"| own-pair fraction (chance {_fmt(own.get('chance'))}) | {_fmt(own.get('fraction'))} |",
+                  f"| median distance to own / nearest other target | {_fmt(own.get('median_own_distance'))} / "
+                  f"{_fmt(own.get('median_other_distance'))} |"]
+    else:
+        lines.append("| own-pair: no training sources (independent coupling); the copy fraction below stands in | |")
+    lines += [f"| nearest-copy ratio d1/d2, fresh sources (median; fraction < 1/3) | "
              f"{_fmt(report['fresh']['median_ratio'])}; {_fmt(report['fresh']['fraction_below_1/3'])} |",
              f"| nearest distance / train spacing, fresh (median) | {_fmt(report['fresh']['median_nearest_over_spacing'])} |"]
     if "real" in report:
