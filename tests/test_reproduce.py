@@ -181,7 +181,7 @@ def test_memorisation_verdict_needs_a_material_and_significant_excess_over_real_
     base = {"n_fresh": 182, "n_train": 182, "real_copy_fraction": 0.02}
     assert memorisation_verdict({**base, "copy_fraction": 0.9}) == "memorised"
     assert memorisation_verdict({**base, "copy_fraction": 0.1}) == "not memorised"  # +0.08: not material
-    # +0.15 is material, but with 20 samples not significant: 3 SE = 3 sqrt(.17 .83 / 20 + .02 .98 / 182) = 0.26
+    # +0.15 is material, but with 20 samples not significant: 3 SE = 3 sqrt(.17 .83 / 20 + .02 .98 / 182) = 0.25
     assert memorisation_verdict({**base, "n_fresh": 20, "copy_fraction": 0.17}) == "not memorised"
     assert memorisation_verdict({**base, "n_fresh": 2000, "copy_fraction": 0.17}) == "memorised"
     assert memorisation_verdict({"n_fresh": 10, "n_train": 2, "copy_fraction": 0.6, "real_copy_fraction": None}) == \
