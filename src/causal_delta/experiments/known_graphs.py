@@ -187,10 +187,9 @@ def _graph_entry(dag, names, dy, data, config, hold=None, seed=0, oracle=None) -
 
 def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> list[dict[str, Any]]:
     from ..datasets.scm import SCM, resolve_graph
+    from ..graphs import KNOWN_GRAPHS
     from ..graphs.jvp_pc import ResponseOracle
     from ._graph_verdicts import middle_node
-
-    from ..graphs import KNOWN_GRAPHS
 
     rows = []
     for gi, graph in enumerate(config.tabular_graphs):
