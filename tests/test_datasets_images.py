@@ -119,6 +119,50 @@ def test_image_folder_flat_and_per_class(tmp_path):
         I.load_image_folder(per)
     data = I.load_images("folder", root=per, size=4, classes="dogs")
     assert data.classes == ("cats", "dogs") and data.labels.tolist() == [1]
-    assert data.images.shape == (1, 1, 4, 4)
+    assert data.images.shape == (1, 3, 4, 4)  # RGB files: three channels (the mode comes from the files)
     rgb = I.load_image_folder(per, size=(4, 4), grayscale=False)
     assert rgb.images.shape == (2, 3, 4, 4)
+
+
+def _png(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_folder_rule_flat_or_classes_and_mode_from_files(tmp_path):
+    """One rule for every folder: flat -> one class, else one class per sub-folder; "L" when
+    every file is grayscale, else RGB; grayscale= overrides; `train --data DIR` reads the same."""
+    from causal_delta.datasets import load_data_source
+
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    rgb = np.stack([gray, 255 - gray, np.zeros_like(gray)], axis=-1)
+    _png(tmp_path / "flat_l" / "a.png", gray)
+    _png(tmp_path / "flat_l" / "b.png", gray[::-1].copy())
+    _png(tmp_path / "mixed" / "a.png", gray)
+    _png(tmp_path / "mixed" / "b.png", rgb)
+    _png(tmp_path / "classes" / "one" / "a.png", rgb)
+    _png(tmp_path / "classes" / "two" / "b.png", rgb)
+    _png(tmp_path / "classes" / "two" / "c.png", rgb)
+
+    flat = I.load_image_folder(tmp_path / "flat_l")
+    assert flat.images.shape == (2, 1, 3, 4) and flat.classes == ("flat_l",) and flat.labels.tolist() == [0, 0]
+    torch.testing.assert_close(flat.images[0, 0], torch.from_numpy(gray).float() / 127.5 - 1)
+    assert I.folder_mode([tmp_path / "flat_l" / "a.png"]) == "L"
+    assert I.load_image_folder(tmp_path / "mixed").images.shape == (2, 3, 3, 4)  # one colour file: RGB
+    mixed_l = I.load_image_folder(tmp_path / "mixed", grayscale=True)
+    assert mixed_l.images.shape == (2, 1, 3, 4)
+    torch.testing.assert_close(mixed_l.images[0], flat.images[0])
+    per = I.load_image_folder(tmp_path / "classes")
+    assert per.classes == ("one", "two") and per.labels.tolist() == [0, 1, 1]
+    assert per.images.shape == (3, 3, 3, 4)
+    torch.testing.assert_close(per.images[0].permute(1, 2, 0), torch.from_numpy(rgb).float() / 127.5 - 1)
+    assert I.load_image_folder(tmp_path / "classes", grayscale=True).images.shape == (3, 1, 3, 4)
+    # the data-source path (causal-delta train --data DIR) is the same reader with the same rule
+    for name in ("flat_l", "mixed", "classes"):
+        torch.testing.assert_close(load_data_source(str(tmp_path / name)).data,
+                                   I.load_image_folder(tmp_path / name).images)
+    assert load_data_source(str(tmp_path / "mixed"), grayscale=True).event_shape == (1, 3, 4)
+    with pytest.raises(ValueError, match="grayscale must be True, False or None"):
+        I.load_image_folder(tmp_path / "flat_l", grayscale="yes")

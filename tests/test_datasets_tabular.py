@@ -86,3 +86,28 @@ def test_feature_labels():
     assert feature_labels([1], (2,), ["a", "b"]) == ["b"]
     assert feature_labels([0, 1], (2,)) == ["x0", "x1"]
     assert feature_labels([5], (1, 4, 4)) == ["pixel 5"]
+
+
+def test_integer_tables_are_not_pixels(tmp_path):
+    """An integer .npy table keeps its values; only 4-D integer arrays (or images=True) are pixels."""
+    import torch
+
+    table = np.array([[0, 3, 255], [1, 7, 1999]], dtype=np.int64)
+    np.save(tmp_path / "counts.npy", table)
+    src = load_data_source(str(tmp_path / "counts.npy"))
+    assert src.event_shape == (3,)
+    torch.testing.assert_close(src.data, torch.tensor(table, dtype=torch.float32))  # not divided by 127.5
+    np.save(tmp_path / "small.npy", table[:, :2].astype(np.uint8))
+    torch.testing.assert_close(load_data_source(str(tmp_path / "small.npy")).data,
+                               torch.tensor(table[:, :2], dtype=torch.float32))
+    # the user says the table holds pixels: scaled to [-1, 1]
+    scaled = load_data_source(str(tmp_path / "small.npy"), images=True).data
+    torch.testing.assert_close(scaled, torch.tensor(table[:, :2], dtype=torch.float32) / 127.5 - 1)
+    pixels = np.array([0, 255, 51, 204], dtype=np.uint8).reshape(1, 1, 2, 2).repeat(2, 0)
+    np.save(tmp_path / "images.npy", pixels)
+    img = load_data_source(str(tmp_path / "images.npy")).data
+    assert img.shape == (2, 1, 2, 2) and img.min() == -1.0 and img.max() == 1.0
+    torch.testing.assert_close(load_data_source(str(tmp_path / "images.npy"), images=False).data,
+                               torch.from_numpy(pixels).float())
+    with pytest.raises(ValueError, match="images must be True, False or None"):
+        load_data_source(str(tmp_path / "counts.npy"), images="yes")

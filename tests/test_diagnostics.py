@@ -182,6 +182,36 @@ def test_copy_statistics():
         own_pair_statistics(copies[:5], targets)
 
 
+def test_real_data_baseline_and_one_line_summary_for_the_independent_coupling():
+    from causal_delta.diagnostics import one_line_summary, real_copy_statistics
+
+    g = torch.Generator().manual_seed(7)
+    targets = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    real = real_copy_statistics(targets)
+    # leave-one-out by a plain loop: each row against the 39 others
+    ratios = []
+    for i in range(40):
+        d = sorted(float((targets[i] - targets[j]).norm()) for j in range(40) if j != i)
+        ratios.append(d[0] / d[1])
+    assert real["median_ratio"] == pytest.approx(sorted(ratios)[19], rel=1e-12)  # torch.median: the lower middle
+    assert real["fraction_below_1/3"] == pytest.approx(np.mean(np.array(ratios) < 1 / 3))
+    assert "leave-one-out" in real["reference"]
+    held = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    assert real_copy_statistics(targets, held)["median_ratio"] == pytest.approx(
+        nearest_copy_statistics(held, targets)["median_ratio"])
+    with pytest.raises(ValueError, match="at least 3 rows"):
+        real_copy_statistics(targets[:2])
+    # independent coupling (no sources): own-pair is the copy fraction of fresh samples, beside real data's
+    copies = targets[:20] + 1e-4 * torch.randn(20, 6, generator=g, dtype=torch.float64)
+    report = {"fresh": nearest_copy_statistics(copies, targets), "real": real,
+              "jacobian": {"fresh": {"k": 5, "mean_rank": 2.0}}}
+    line = one_line_summary(report)
+    assert line.startswith("own-pair (copies, d1/d2 < 1/3) 100.0% (real data ")
+    assert f"(real data {real['median_ratio']:.3f})" in line and line.endswith("Jacobian rank (fresh, of top 5) 2.0")
+    report["own_pair"] = {"fraction": 0.5}  # fixed coupling: the own-pair fraction itself
+    assert one_line_summary(report).startswith("own-pair 50.0% / nearest-copy ratio (fresh, median) 0.000")
+
+
 def test_biased_mmd_and_paired_copies():
     g = torch.Generator().manual_seed(6)
     x = torch.randn(40, 3, generator=g, dtype=torch.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,17 @@ pytest.importorskip("causallearn", reason="PC needs causal-learn (the graph extr
 
 from causal_delta.cli import main
 from causal_delta.datasets.scm import SCM
-from causal_delta.experiments._graph_verdicts import middle_node, normalise_rows, tail_share, trim_rows
-from causal_delta.experiments.known_graphs import KnownGraphsConfig, role_assignment, run_known_graphs
+from causal_delta.experiments._graph_verdicts import (
+    middle_node,
+    normalise_rows,
+    tail_share,
+    trim_rows,
+)
+from causal_delta.experiments.known_graphs import (
+    KnownGraphsConfig,
+    role_assignment,
+    run_known_graphs,
+)
 from causal_delta.graphs import KNOWN_GRAPHS, known_graph, skeleton_shd
 from causal_delta.graphs.pc import pc_labels
 
@@ -97,7 +107,15 @@ def test_reproduce_quick_writes_its_files(tmp_path, capsys):
     for block in ("raw", "robust", "normalised"):
         assert {"jvp", "conditioned", "hold_fixed"} <= set(img["motif"][block])
     assert np.isfinite(img["motif"]["raw"]["jvp"]["estimate"])
-    assert "## Images (scenes)" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "## Images (scenes)" in summary
+    # the memorisation diagnostic beside the estimates: one line in summary.md, numbers per flow
+    line = next(ln for ln in summary.splitlines() if ln.startswith("**Memorisation diagnostic**"))
+    assert "tabular (" in line and "images (" in line and "Jacobian rank" in line
+    for row in res["tabular"] + res["images"]:
+        mem = row["memorisation"]
+        assert 0.0 <= mem["copy_fraction"] <= 1.0 and 0.0 < mem["real_median_ratio"] < 1.0
+        assert mem["verdict"] in ("memorised", "not memorised") and Path(mem["report"]).is_file()
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,17 @@ def test_pixels_quick_on_digits(tmp_path):
     assert res["fd_vs_forward"]["relative_error_float64"] < 1e-6
     assert res["fd_vs_forward"]["relative_error_float32"] < 1e-2
     assert {"derivative.png", "scatter.png", "corr_maps.png", "samples.png"} == set(report["figures"])
+    # The memorisation diagnostic sits beside the estimates: one line in summary.md, numbers in
+    # report.json, the full diagnostic in memorisation/ (its baseline: the 182 fives leave-one-out).
+    mem = res["memorisation"]
+    assert mem["n_train"] == 182 and mem["real_reference"].endswith("(leave-one-out)")
+    assert 0.0 <= mem["copy_fraction"] <= 1.0 and 0.0 < mem["real_median_ratio"] < 1.0
+    assert mem["verdict"] in ("memorised", "not memorised")
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"Memorisation diagnostic ({mem['verdict']}): {mem['line']}" in summary
+    assert mem["line"].startswith("own-pair (copies, d1/d2 < 1/3)") and "Jacobian rank (fresh, of top 5)" in mem["line"]
+    assert json.loads((tmp_path / "memorisation" / "report.json").read_text())["fresh"]["median_ratio"] == \
+        pytest.approx(mem["median_ratio"])
 
 
 def test_cli_all_quick_minimal(tmp_path, capsys):
@@ -165,3 +176,16 @@ def test_cli_bad_settings(tmp_path, capsys):
     assert cli.main(["reproduce", "pixels", "--quick", "--out", str(tmp_path), "--dataset", "mnist",
                      "--data-root", str(tmp_path / "none")]) == 2
     assert "train-images-idx3-ubyte" in capsys.readouterr().err
+
+
+def test_memorisation_verdict_needs_a_material_and_significant_excess_over_real_data():
+    from causal_delta.experiments._common import memorisation_verdict
+
+    base = {"n_fresh": 182, "n_train": 182, "real_copy_fraction": 0.02}
+    assert memorisation_verdict({**base, "copy_fraction": 0.9}) == "memorised"
+    assert memorisation_verdict({**base, "copy_fraction": 0.1}) == "not memorised"  # +0.08: not material
+    # +0.15 is material, but with 20 samples not significant: 3 SE = 3 sqrt(.17 .83 / 20 + .02 .98 / 182) = 0.25
+    assert memorisation_verdict({**base, "n_fresh": 20, "copy_fraction": 0.17}) == "not memorised"
+    assert memorisation_verdict({**base, "n_fresh": 2000, "copy_fraction": 0.17}) == "memorised"
+    assert memorisation_verdict({"n_fresh": 10, "n_train": 2, "copy_fraction": 0.6, "real_copy_fraction": None}) == \
+        "memorised"

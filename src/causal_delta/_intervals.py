@@ -149,7 +149,7 @@ def bootstrap_statistic(
 
     For statistics that :func:`causal_delta.dependence.bootstrap` does not cover (e.g. a Pearson
     correlation between two correlation matrices). Each replicate calls ``statistic`` on
-    ``n`` row indices drawn with replacement (``numpy.random.default_rng(seed)``); the BCa
+    ``n`` row indices drawn with replacement (a ``torch.Generator`` seeded with ``seed``); the BCa
     acceleration uses a delete-a-block jackknife over ``min(n, jackknife_blocks)`` contiguous
     blocks of rows (``G`` extra calls instead of ``n``).
 
@@ -161,10 +161,11 @@ def bootstrap_statistic(
     check_positive_int("n", n)
     check_positive_int("n_boot", n_boot)
     check_positive_int("jackknife_blocks", jackknife_blocks)
-    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(int(seed))
     every = np.arange(n)
     est = np.asarray(statistic(every), dtype=np.float64)
-    reps = np.asarray([statistic(rng.integers(0, n, size=n)) for _ in range(n_boot)], dtype=np.float64)
+    reps = np.asarray([statistic(torch.randint(0, n, (n,), generator=gen).numpy()) for _ in range(n_boot)],
+                      dtype=np.float64)
     jack = None
     if interval == "bca" and n >= 3:
         blocks = np.array_split(every, min(n, jackknife_blocks))

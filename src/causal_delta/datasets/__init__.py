@@ -11,9 +11,11 @@ add names with :func:`register_data_source`. A name that is not registered is re
 
 * ``.npy`` / ``.csv`` of shape ``(N, d)`` (or ``(N,)``): tabular data, event shape ``(d,)``;
 * ``.npy`` / ``.pt`` of shape ``(N, C, H, W)``: images;
-* a directory of ``.png`` / ``.jpg`` / ``.bmp`` files: images.
+* a directory of image files (flat, or one sub-folder per class): images, one channel when
+  every file is grayscale, else RGB (:func:`causal_delta.datasets.folder.load_image_folder`).
 
-Integer images (e.g. ``uint8``) are scaled to [-1, 1]; float data is used as is.
+Integer images ``(N, C, H, W)`` (e.g. ``uint8``) are scaled to [-1, 1]; an integer table
+``(N, d)`` is not, unless the data arguments say ``images=True``; float data is used as is.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from .._validation import check_positive_int
-from .images import _parse_size, read_image
+from .folder import read_image
+from .images import _parse_size
 
 __all__ = [
     "CELEBA_ATTRIBUTES",

@@ -19,7 +19,8 @@ Sources:
   ``dataset-fashion-mnist``).
 - ``"folder"``: image files (PNG, JPEG, BMP, ...) read with Pillow; files directly in ``root``
   are class 0, or each sub-folder of ``root`` is a class (sorted names, like torchvision's
-  ``ImageFolder``).
+  ``ImageFolder``); one channel when every file is grayscale, else RGB (overridable). This is
+  the one folder reader: ``causal-delta train --data DIR`` goes through it too.
 
 Class filtering (``classes=``) keeps the images whose label is in the given set (integers,
 or class names for Fashion-MNIST and folders); resizing (``size=``) uses bilinear
@@ -38,6 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .folder import folder_files, folder_mode, load_image_folder, read_image
+
 __all__ = [
     "ImageData",
     "IMAGE_SOURCES",
@@ -49,6 +52,8 @@ __all__ = [
     "load_mnist",
     "load_fashion_mnist",
     "load_image_folder",
+    "folder_files",
+    "folder_mode",
     "load_images",
     "read_image",
     "to_unit_range",
@@ -69,8 +74,6 @@ MNIST_FILES = {
 """IDX file names (without ``.gz``) of the training (``True``) and test (``False``) split."""
 
 IMAGE_SOURCES = ("digits", "mnist", "fashion-mnist", "folder")
-
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -311,112 +314,6 @@ def load_digits(
     return ImageData(_finish(x, _parse_size(size)), y, names, "digits:sklearn")
 
 
-def read_image(
-    path: str | os.PathLike,
-    *,
-    mode: str = "RGB",
-    crop: int | Sequence[int] | None = None,
-    size: int | Sequence[int] | None = None,
-) -> Tensor:
-    """Read one image file with Pillow: float32 ``(C, H, W)`` in ``[0, 1]`` (the one image reader).
-
-    Args:
-        path: the file (PNG, JPEG, ...).
-        mode: Pillow mode, ``"L"`` (one channel) or ``"RGB"`` (three).
-        crop: centre crop ``(h, w)`` (an int means square) before resizing; the box starts at
-            ``round((H - h) / 2), round((W - w) / 2)``, as torchvision's ``CenterCrop``.
-        size: output ``(H, W)`` after the crop: bilinear with antialiasing (as
-            torchvision's ``Resize`` of a PIL image, up to rounding); ``None`` keeps the size.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the crop is larger than the image.
-    """
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("reading image files needs Pillow: pip install pillow") from exc
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    box = _parse_size(crop)
-    if box is not None:
-        h, w = t.shape[-2:]
-        if box[0] > h or box[1] > w:
-            raise ValueError(f"crop {box} is larger than the image {path} ({h}x{w})")
-        top, left = int(round((h - box[0]) / 2.0)), int(round((w - box[1]) / 2.0))
-        t = t[:, top: top + box[0], left: left + box[1]]
-    target = _parse_size(size)
-    if target is not None:
-        t = _finish(t.unsqueeze(0), target)[0] * 0.5 + 0.5
-    return t.contiguous()
-
-
-def load_image_folder(
-    root: str | os.PathLike,
-    *,
-    classes: int | str | Iterable[int | str] | None = None,
-    size: int | Sequence[int] | None = None,
-    grayscale: bool = True,
-    limit: int | None = None,
-) -> ImageData:
-    """Image files in a folder, read with Pillow.
-
-    Files directly in ``root`` form one class named after the folder; otherwise each
-    sub-folder of ``root`` is a class (sorted by name) holding its images. Hidden files and
-    files with other extensions are skipped.
-
-    Args:
-        root: the folder.
-        classes: class indices or sub-folder names to keep.
-        size: output ``(H, W)``; required when the images differ in size.
-        grayscale: convert to one channel (``"L"``); otherwise three (``"RGB"``).
-        limit: keep at most this many images (after filtering), in sorted file order.
-
-    Raises:
-        FileNotFoundError: if ``root`` does not exist or holds no image files.
-        ValueError: if the images differ in size and ``size`` is not given.
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root} (expected a folder of image files "
-                                f"or of one sub-folder per class)")
-
-    def images_in(d: Path) -> list[Path]:
-        return sorted(p for p in d.iterdir()
-                      if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_EXTENSIONS)
-
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    top = images_in(root)
-    if top or not subdirs:
-        names, files = (root.name or "images",), [(p, 0) for p in top]
-    else:
-        names = tuple(d.name for d in subdirs)
-        files = [(p, i) for i, d in enumerate(subdirs) for p in images_in(d)]
-    if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(_IMAGE_EXTENSIONS)}) found in {root} "
-                                f"or its sub-folders")
-    keep = _class_indices(classes, names)
-    if keep is not None:
-        files = [(p, c) for p, c in files if c in keep]
-    if limit is not None:
-        _filter(torch.zeros(0), torch.zeros(0, dtype=torch.long), None, limit)  # validates limit
-        files = files[:limit]
-    target = _parse_size(size)
-    mode = "L" if grayscale else "RGB"
-    arrays = [read_image(p, mode=mode, size=target).unsqueeze(0) for p, _ in files]
-    shapes = {tuple(a.shape[-2:]) for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"images in {root} differ in size ({sorted(shapes)[:3]}...); pass size=(H, W)")
-    unit = torch.cat(arrays) if arrays else torch.zeros(0, 1 if grayscale else 3, *(target or (1, 1)))
-    labels = torch.tensor([c for _, c in files], dtype=torch.int64)
-    return ImageData(_finish(unit, None), labels, names, f"folder:{root}")
-
-
 def load_images(
     source: str,
     *,
@@ -425,11 +322,13 @@ def load_images(
     size: int | Sequence[int] | None = None,
     train: bool = True,
     limit: int | None = None,
+    grayscale: bool | None = None,
 ) -> ImageData:
     """Load an image source by name: ``"digits"``, ``"mnist"``, ``"fashion-mnist"``, ``"folder"``.
 
     ``root`` is required for ``"mnist"`` and ``"folder"``, optional for ``"fashion-mnist"``
-    and ignored for ``"digits"``. See the individual loaders for the other arguments.
+    and ignored for ``"digits"``; ``grayscale`` (``None``: from the files) applies to ``"folder"``.
+    See the individual loaders for the other arguments.
     """
     if source == "digits":
         return load_digits(classes=classes, size=size, limit=limit)
@@ -441,5 +340,5 @@ def load_images(
             raise ValueError(f"source {source!r} needs root (--data-root): {what}")
         if source == "mnist":
             return load_mnist(root, train=train, classes=classes, size=size, limit=limit)
-        return load_image_folder(root, classes=classes, size=size, limit=limit)
+        return load_image_folder(root, classes=classes, size=size, limit=limit, grayscale=grayscale)
     raise ValueError(f"source must be one of {IMAGE_SOURCES}, got {source!r}")

@@ -7,14 +7,17 @@
   file's line number, header included), column and content; an empty file is refused by name.
 * ``.npy`` / ``.pt`` / ``.pth`` with shape ``(N, C, H, W)`` (a ``.pt`` file holds a tensor, or a
   dict with one of the keys ``data``, ``images``, ``x``): images, event shape ``(C, H, W)``.
-* a directory of ``.png`` / ``.jpg`` / ``.jpeg`` / ``.bmp`` files (Pillow needed): images,
-  all of one size (or resized to ``size``), grayscale when every file is.
+* a directory of image files, flat or one sub-folder per class (Pillow needed): images, all of
+  one size (or resized to ``size``), grayscale when every file is (``grayscale=`` overrides);
+  read by :func:`causal_delta.datasets.folder.load_image_folder`, the one folder reader.
 
-Integer data (e.g. ``uint8`` pixels) is scaled to [-1, 1] by ``x / 127.5 - 1``; float data
-is kept as is, in float32, the models' dtype: a float64 table is cast, and ``describe()``
-(recorded in every checkpoint and JVP report) says so (``"cast": "float64 -> float32"``).
-``standardize=True`` rescales tabular columns to mean 0, variance 1 (the
-scale is recorded in ``source.shift`` / ``source.scale``).
+Integer images ``(N, C, H, W)`` (e.g. ``uint8`` pixels) are scaled to [-1, 1] by
+``x / 127.5 - 1``; an integer *table* ``(N, d)`` keeps its values unless the user says it holds
+pixels (``images=True``, e.g. ``--data-args '{"images": true}'``). Float data is kept as is, in
+float32, the models' dtype: a float64 table is cast, and ``describe()`` (recorded in every
+checkpoint and JVP report) says so (``"cast": "float64 -> float32"``). ``standardize=True``
+rescales tabular columns to mean 0, variance 1 (the scale is recorded in ``source.shift`` /
+``source.scale``).
 """
 
 from __future__ import annotations
@@ -27,16 +30,16 @@ from torch import Tensor
 
 from . import TensorSource
 
-__all__ = ["IMAGE_SUFFIXES", "load_array", "read_csv", "load_path_source", "array_source", "image_folder_source"]
+__all__ = ["load_array", "read_csv", "load_path_source", "array_source", "image_folder_source"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _TENSOR_KEYS = ("data", "images", "x")
 
 
-def _to_float(data: Tensor) -> Tensor:
+def _to_float(data: Tensor, images: bool) -> Tensor:
+    """float32; 8-bit pixels ``p`` become ``p / 127.5 - 1`` only when ``images`` is true."""
     if data.dtype == torch.bool:
         return data.to(torch.float32)
-    if not data.is_floating_point():
+    if images and not data.is_floating_point():
         return data.to(torch.float32) / 127.5 - 1.0
     return data.to(torch.float32)
 
@@ -136,13 +139,20 @@ def read_csv(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
 
 
 def array_source(data: Tensor | np.ndarray, name: str = "array", *, standardize: bool = False,
-                 feature_names: list[str] | tuple[str, ...] | None = None) -> TensorSource:
+                 feature_names: list[str] | tuple[str, ...] | None = None,
+                 images: bool | None = None) -> TensorSource:
     """A :class:`TensorSource` from an array ``(N,)``, ``(N, d)`` or ``(N, C, H, W)``.
 
     Args:
         standardize: rescale table columns to mean 0, variance 1.
         feature_names: one name per column of a table (e.g. a CSV header).
+        images: whether integer values are 8-bit pixels, scaled to [-1, 1] by ``x / 127.5 - 1``.
+            ``None`` (default): only a 4-D array ``(N, C, H, W)`` is; an integer table
+            ``(N, d)`` keeps its values (counts, categories, years are not pixels). ``True``
+            scales an integer table too (e.g. flattened images); ``False`` never scales.
     """
+    if images is not None and not isinstance(images, bool):
+        raise ValueError(f"images must be True, False or None (4-D integer arrays only), got {images!r}")
     data = torch.as_tensor(data)
     given_dtype = data.dtype
     if data.ndim == 1:
@@ -152,7 +162,7 @@ def array_source(data: Tensor | np.ndarray, name: str = "array", *, standardize:
                          f"got {tuple(data.shape)}")
     if data.shape[0] < 1:
         raise ValueError(f"data {name} is empty (shape {tuple(data.shape)})")
-    data = _to_float(data)
+    data = _to_float(data, data.ndim == 4 if images is None else images)
     shift = scale = None
     if standardize:
         if data.ndim != 2:
@@ -174,48 +184,19 @@ def array_source(data: Tensor | np.ndarray, name: str = "array", *, standardize:
 
 def image_folder_source(path: str | Path, *, size: int | tuple[int, int] | None = None,
                         grayscale: bool | None = None) -> TensorSource:
-    """Images from a folder, ``(N, C, H, W)`` in [-1, 1].
+    """Images from a folder, ``(N, C, H, W)`` in [-1, 1], through the library's one folder reader
+    :func:`causal_delta.datasets.folder.load_image_folder` (flat or one sub-folder per class;
+    one channel when every file is grayscale, else RGB; class labels are not used here).
 
     Args:
         size: resize every image to ``size`` (``int`` for square, or ``(H, W)``); without it
             all images must have the same size.
-        grayscale: force 1 channel (``True``) or 3 (``False``); default: 1 channel when every
-            file is grayscale, else RGB.
+        grayscale: force 1 channel (``True``) or 3 (``False``); default: from the files.
     """
+    from .folder import load_image_folder
+
     path = Path(path).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"image folder not found: {path}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"image folder {path} holds no {'/'.join(IMAGE_SUFFIXES)} files")
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("reading an image folder needs Pillow: pip install pillow") from exc
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                images.append(im.copy())
-        except Exception as exc:
-            raise ValueError(f"could not read image {f}: {exc}") from exc
-    if grayscale is None:
-        grayscale = all(im.mode in ("L", "1", "I;16", "I") for im in images)
-    mode = "L" if grayscale else "RGB"
-    if isinstance(size, int):
-        size = (size, size)
-    arrays = []
-    for _f, im in zip(files, images):
-        im = im.convert(mode)
-        if size is not None:
-            im = im.resize((size[1], size[0]))
-        arr = np.asarray(im, dtype=np.uint8)
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"images in {path} have different sizes {sorted(shapes)}; pass size=")
-    return array_source(np.stack(arrays), name=str(path))
+    return TensorSource(load_image_folder(path, size=size, grayscale=grayscale).images, name=str(path))
 
 
 def load_path_source(path: str | Path, **kwargs) -> TensorSource:

@@ -15,6 +15,14 @@ events):
   median ``r``, the fraction with ``r < 1/3`` and ``d_1`` over the typical train-train spacing
   (the median nearest-neighbour distance among training targets). The same is reported for
   ``f(x0_i)``, with the own target included among the candidates.
+* **real-data baseline** of the same ratio: held-out targets against the training targets
+  when held-out data is given, else each training target against the *other* training targets
+  (leave-one-out). A generator that does not copy scores like real data; a copying one has a
+  much smaller median ratio and a much larger copy fraction than its baseline.
+* **copy fraction** (the own-pair statistic of the *independent* coupling, where a generated
+  point has no own pair): the fraction of ``f(z)``, ``z`` fresh, whose nearest training target
+  is at most a third as far as the second nearest, ``d_1 / d_2 < 1/3`` (``fraction_below_1/3``
+  of ``fresh``); its baseline is the same fraction for real data (above).
 * **MMD** (:mod:`.mmd`, unbiased, Gaussian kernel): *memorisation* MMD² between ``f(x0_i)`` and
   the training targets; *generalisation* MMD² between ``f(z)`` (fresh) and held-out targets
   (when given); and ``f(z)`` vs training targets. Each as the unbiased U-statistic and the
@@ -45,8 +53,8 @@ from .._validation import check_positive_int
 from .gradient_variance import gradient_variance
 from .mmd import mmd2_biased, mmd2_unbiased
 
-__all__ = ["MemorisationConfig", "own_pair_statistics", "nearest_copy_statistics", "jacobian_spectra",
-           "diagnose_memorisation", "write_memorisation_report", "one_line_summary"]
+__all__ = ["MemorisationConfig", "own_pair_statistics", "nearest_copy_statistics", "real_copy_statistics",
+           "jacobian_spectra", "diagnose_memorisation", "write_memorisation_report", "one_line_summary"]
 
 COPY_RATIO = 1.0 / 3.0
 
@@ -117,21 +125,45 @@ def _spacing(targets: Tensor) -> float:
     return float(d.fill_diagonal_(math.inf).min(1).values.median())
 
 
+def _ratio_statistics(two: Tensor, spacing: float, n_given: int) -> dict[str, Any]:
+    """Summary of the two nearest distances ``two`` ``(n, 2)`` (float64) of each point."""
+    ratio = two[:, 0] / two[:, 1].clamp_min(torch.finfo(two.dtype).tiny)
+    return {"median_ratio": float(ratio.median()), "fraction_below_1/3": float((ratio < COPY_RATIO).double().mean()),
+            "median_nearest_distance": float(two[:, 0].median()), "train_spacing": spacing,
+            "median_nearest_over_spacing": float(two[:, 0].median() / spacing), "n": two.shape[0],
+            "nonfinite": n_given - two.shape[0]}
+
+
 def nearest_copy_statistics(generated: Tensor, targets: Tensor, spacing: float | None = None) -> dict[str, Any]:
-    """Nearest-copy ratio ``d_1 / d_2`` of each generated point against the training targets."""
+    """Nearest-copy ratio ``d_1 / d_2`` of each generated point against the training targets.
+
+    ``d_1 ≤ d_2`` are the distances of a point to its nearest and second-nearest training
+    target; reported: the median ratio, the copy fraction (ratio ``< 1/3``) and ``d_1`` over
+    the training set's own spacing (see the module docstring).
+    """
     _check_targets("targets", targets)
     g = _flat(generated)
     g = g[torch.isfinite(g).all(1)]
     if g.shape[0] == 0:
         return {"n": 0, "nonfinite": generated.shape[0], "median_ratio": math.nan}
-    d = torch.cdist(g, _flat(targets))
+    two = torch.cdist(g, _flat(targets)).topk(2, dim=1, largest=False).values
+    return _ratio_statistics(two, _spacing(targets) if spacing is None else spacing, generated.shape[0])
+
+
+def real_copy_statistics(targets: Tensor, heldout: Tensor | None = None) -> dict[str, Any]:
+    """The real-data baseline of :func:`nearest_copy_statistics`: what a non-copying draw scores.
+
+    With ``heldout`` ``(M, *event)``: held-out targets against the training targets. Without:
+    each training target against the others (leave-one-out, ``N - 1`` candidates, needs
+    ``N >= 3``). The entry ``"reference"`` says which.
+    """
+    _check_targets("targets", targets, n_min=3)
+    if heldout is not None:
+        return {**nearest_copy_statistics(heldout, targets), "reference": "held-out targets vs training targets"}
+    d = torch.cdist(_flat(targets), _flat(targets)).fill_diagonal_(math.inf)
     two = d.topk(2, dim=1, largest=False).values
-    ratio = two[:, 0] / two[:, 1].clamp_min(1e-300)
-    spacing = _spacing(targets) if spacing is None else spacing
-    return {"median_ratio": float(ratio.median()), "fraction_below_1/3": float((ratio < COPY_RATIO).double().mean()),
-            "median_nearest_distance": float(two[:, 0].median()), "train_spacing": spacing,
-            "median_nearest_over_spacing": float(two[:, 0].median() / spacing), "n": d.shape[0],
-            "nonfinite": generated.shape[0] - d.shape[0]}
+    return {**_ratio_statistics(two, float(two[:, 0].median()), targets.shape[0]),
+            "reference": "each training target vs the other training targets (leave-one-out)"}
 
 
 def jacobian_spectra(flow, points: Tensor, *, k: int, method: str, steps: int, seed: int = 0,
@@ -213,7 +245,7 @@ def diagnose_memorisation(
     fresh_source = fresh_source or GaussianSource(event)
     n = targets.shape[0]
     n_fresh = cfg.n_fresh or min(n, 2048)
-    fresh = fresh_source(n_fresh, gen).to(torch.float32)
+    fresh = fresh_source(n_fresh, gen).to(device=targets.device, dtype=torch.float32)
     if tuple(fresh.shape[1:]) != event:
         raise ValueError(f"fresh sources have event shape {tuple(fresh.shape[1:])}, the training data {event}")
     out: dict[str, Any] = {"n_train": n, "n_fresh": n_fresh, "event_shape": list(event),
@@ -221,6 +253,8 @@ def diagnose_memorisation(
     spacing = _spacing(targets)
     gen_fresh = sample(flow, fresh, method=cfg.method, steps=cfg.steps, progress=progress)
     out["fresh"] = nearest_copy_statistics(gen_fresh, targets, spacing)
+    if n >= 3:
+        out["real"] = real_copy_statistics(targets, heldout)
     mmd: dict[str, Any] = {"kernel": "gaussian exp(-|a-b|^2 / (2 h^2))",
                            "bandwidth_rule": "given" if cfg.bandwidth is not None else "median heuristic (pooled)"}
     mmd["fresh_vs_train"] = _mmd(gen_fresh, targets, cfg.bandwidth, "f(fresh sources) vs training targets")
@@ -236,7 +270,8 @@ def diagnose_memorisation(
     sigma = train_sigma if cfg.sigma is None else cfg.sigma
     idx = _subset(n, cfg.grad_samples or min(n, 1024), gen)
     x1 = targets[idx].to(torch.float32)
-    x0 = sources[idx].to(torch.float32) if sources is not None else fresh_source(len(idx), gen).to(torch.float32)
+    x0 = (sources[idx].to(torch.float32) if sources is not None
+          else fresh_source(len(idx), gen).to(device=targets.device, dtype=torch.float32))
     gv = gradient_variance(flow, x0, x1, list(cfg.t_grid), sigma=sigma, generator=gen, progress=progress)
     out["gradient_variance"] = {**gv.to_dict(), "pairs": "training pairs" if sources is not None else
                                 "fresh sources paired at random with training targets"}
@@ -254,15 +289,32 @@ def diagnose_memorisation(
 
 
 def one_line_summary(report: dict[str, Any]) -> str:
-    """``own-pair / nearest-copy ratio / Jacobian rank`` in one line, for other summaries."""
+    """``own-pair / nearest-copy ratio / Jacobian rank`` of a :func:`diagnose_memorisation` report, one line.
+
+    * **own-pair**: with training sources (fixed coupling), the own-pair fraction; with the
+      independent coupling (no sources), the copy fraction — the share of fresh samples
+      ``f(z)`` whose nearest training target is at most a third as far as the second nearest
+      (``d_1 / d_2 < 1/3``) — beside the same share for real data (``report["real"]``);
+    * **nearest-copy ratio**: the median ``d_1 / d_2`` of fresh samples, beside real data's;
+    * **Jacobian rank**: the mean numerical rank of ``J_f`` among its top ``k`` singular values
+      at fresh sources (values above ``rank_rtol`` times the largest).
+    """
+    real = report.get("real")
+    fresh = report["fresh"]
     own = report.get("own_pair", {}).get("fraction")
-    ratio = report["fresh"]["median_ratio"]
-    rank = report.get("jacobian", {}).get("fresh", {}).get("mean_rank")
-    parts = [f"own-pair {own:.1%}" if own is not None else "own-pair n/a (no sources)",
-             f"nearest-copy ratio (fresh, median) {ratio:.3f}",
-             f"Jacobian rank (fresh, of top {report['jacobian']['fresh']['k']}) {rank:.1f}" if rank is not None
-             else "Jacobian rank n/a"]
-    return " / ".join(parts)
+    if own is not None:
+        first = f"own-pair {own:.1%}"
+    else:
+        first = f"own-pair (copies, d1/d2 < 1/3) {fresh['fraction_below_1/3']:.1%}"
+        if real is not None:
+            first += f" (real data {real['fraction_below_1/3']:.1%})"
+    ratio = f"nearest-copy ratio (fresh, median) {fresh['median_ratio']:.3f}"
+    if real is not None:
+        ratio += f" (real data {real['median_ratio']:.3f})"
+    jac = report.get("jacobian", {}).get("fresh")
+    rank = (f"Jacobian rank (fresh, of top {jac['k']}) {jac['mean_rank']:.1f}" if jac is not None
+            else "Jacobian rank n/a")
+    return " / ".join([first, ratio, rank])
 
 
 def _fmt(x: Any) -> str:
@@ -300,14 +352,21 @@ def write_memorisation_report(report: dict[str, Any], out_dir: str | Path) -> li
     own = report.get("own_pair", {})
     mmd = report["mmd"]
     lines = ["# Memorisation diagnostic", "", one_line_summary(report), "",
-             "| statistic | value |", "| --- | --- |",
-             f"| own-pair fraction (chance {_fmt(own.get('chance'))}) | {_fmt(own.get('fraction'))} |",
-             f"| median distance to own / nearest other target | {_fmt(own.get('median_own_distance'))} / "
-             f"{_fmt(own.get('median_other_distance'))} |",
-             f"| nearest-copy ratio d1/d2, fresh sources (median; fraction < 1/3) | "
+             "| statistic | value |", "| --- | --- |"]
+    if own:
+        lines += [f"| own-pair fraction (chance {_fmt(own.get('chance'))}) | {_fmt(own.get('fraction'))} |",
+                  f"| median distance to own / nearest other target | {_fmt(own.get('median_own_distance'))} / "
+                  f"{_fmt(own.get('median_other_distance'))} |"]
+    else:
+        lines.append("| own-pair: no training sources (independent coupling); the copy fraction below stands in | |")
+    lines += [f"| nearest-copy ratio d1/d2, fresh sources (median; fraction < 1/3) | "
              f"{_fmt(report['fresh']['median_ratio'])}; {_fmt(report['fresh']['fraction_below_1/3'])} |",
              "| nearest distance / train spacing, fresh (median) | "
              f"{_fmt(report['fresh']['median_nearest_over_spacing'])} |"]
+    if "real" in report:
+        real = report["real"]
+        lines.append(f"| real-data baseline d1/d2 (median; fraction < 1/3): {real['reference']} | "
+                     f"{_fmt(real['median_ratio'])}; {_fmt(real['fraction_below_1/3'])} |")
     for key in ("memorisation", "generalisation", "fresh_vs_train"):
         if key in mmd:
             lines.append(f"| MMD² {key}, unbiased; biased V-statistic (h = {mmd[key]['bandwidth']:.4g}) | "

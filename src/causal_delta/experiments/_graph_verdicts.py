@@ -165,17 +165,19 @@ def triple_verdict(
 def independence_summary(names: Sequence[str], dy: Tensor, *, data: Tensor | None = None,
                          n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Every pair's JVP correlation with its interval (and data correlation): for graphs without edges."""
-    from ..dependence import bootstrap
+    from ..dependence import bootstrap, correlation
 
     b = bootstrap(dy.double(), statistic="corr", n_boot=n_boot, seed=seed)
+    data_corr = None if data is None else correlation(torch.as_tensor(np.asarray(data, dtype=np.float64)),
+                                                      centered=True)
     pairs = []
     m = len(names)
     for i in range(m):
         for j in range(i + 1, m):
             e = b.entry(i, j)
             row = {"pair": [names[i], names[j]], **e, "covers_zero": bool(e["lower"] <= 0.0 <= e["upper"])}
-            if data is not None:
-                row["data_corr"] = float(np.corrcoef(np.asarray(data[:, [i, j]], dtype=np.float64).T)[0, 1])
+            if data_corr is not None:
+                row["data_corr"] = float(data_corr[i, j])
             pairs.append(row)
     return {"pairs": pairs, "max_abs_corr": max(abs(p["estimate"]) for p in pairs),
             "all_cover_zero": all(p["covers_zero"] for p in pairs)}

@@ -94,6 +94,39 @@ def _other_table(rows: list[dict]) -> str:
                              "JVP-PC skel. SHD (hold-fixed)", "JVP-PC SHD vs CPDAG (hold-fixed)"], body)
 
 
+def _span(values, form: str = "{:.3f}") -> str:
+    """``"lo–hi"`` of the non-None values formatted with ``form`` (one value when they agree)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    f = form.format
+    lo, hi = min(vals), max(vals)
+    return f(lo) if f(lo) == f(hi) else f"{f(lo)}–{f(hi)}"
+
+
+def memorisation_line(tabular: list[dict], images: list[dict]) -> str:
+    """One line: the memorisation diagnostic (own-pair / nearest-copy ratio / Jacobian rank) over
+    every flow of each level, ranges over graphs and seeds, beside the real-data baselines."""
+    parts = []
+    for title, rows in (("tabular", tabular), ("images", images)):
+        ms = [r["memorisation"] for r in rows if r.get("memorisation")]
+        if not ms:
+            continue
+        def span(key: str, form: str = "{:.3f}", ms: list = ms) -> str:
+            return _span([m[key] for m in ms], form)
+
+        memorised = sum(m.get("verdict") == "memorised" for m in ms)
+        parts.append(f"{title} ({memorised}/{len(ms)} flows memorised): copies {span('copy_fraction', '{:.1%}')} "
+                     f"(real {span('real_copy_fraction', '{:.1%}')}) / median d1/d2 {span('median_ratio')} "
+                     f"(real {span('real_median_ratio')}) / rank {span('jacobian_rank', '{:.1f}')} "
+                     f"of top {span('jacobian_k', '{:d}')}")
+    if not parts:
+        return ""
+    return ("**Memorisation diagnostic** (own-pair / nearest-copy ratio / Jacobian rank; the flows see fresh "
+            "draws at every step, so own-pair is the share of fresh samples copying one row of a reference "
+            "draw, d1/d2 < 1/3): " + "; ".join(parts) + ". Per flow: `*/memorisation/summary.md`.")
+
+
 def summary_markdown(tabular: list[dict], images: list[dict]) -> str:
     """The ``summary.md`` body: one table per level."""
     parts = ["Verdict: conditioning on the middle node must lower |Corr| (fork, chain) or raise it "
@@ -109,6 +142,9 @@ def summary_markdown(tabular: list[dict], images: list[dict]) -> str:
         other = _other_table(rows)
         if other:
             parts += [other, ""]
+    line = memorisation_line(tabular, images)
+    if line:
+        parts += [line, ""]
     head = headline(tabular, images)
     if head:
         parts += ["## Counts", "", C.markdown_table(["quantity", "value"], [[k, str(v)] for k, v in head.items()]), ""]

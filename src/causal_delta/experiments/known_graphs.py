@@ -24,7 +24,9 @@ responses, and the share of the second moment carried by the top 1 % of samples
 (:mod:`._graph_verdicts`). Images add generator fidelity — the read-out's attribute means, stds
 and correlations on generated vs training images — and the read-out's own error (R² on
 held-out SCM scenes). Graphs: PC on the labels (Fisher-z) and JVP-PC (the conditioned JVP
-correlation as CI test) against the true graph (SHD).
+correlation as CI test) against the true graph (SHD). Every flow also gets the memorisation
+diagnostic (own-pair / nearest-copy ratio / Jacobian rank, :data:`MEMORISATION_ROWS`), one line
+in ``summary.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,14 @@ import torch
 
 from . import _common as C
 
-__all__ = ["KnownGraphsConfig", "run_known_graphs", "role_assignment"]
+__all__ = ["KnownGraphsConfig", "run_known_graphs", "role_assignment", "MEMORISATION_ROWS"]
+
+MEMORISATION_ROWS = 2000
+"""Rows of the reference draw that the memorisation diagnostic compares generated samples with.
+
+The flows here see fresh SCM draws at every step (no finite training set), so the diagnostic
+(:func:`._common.memorisation_check`) compares them with a reference draw instead: copies of it
+would mean a collapse onto few modes, and its leave-one-out ratio is the real-data baseline."""
 
 
 @dataclass
@@ -210,8 +219,12 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) ->
                     hold = oracle.responses((scm.index(middle_node(dag)[3]),))
                 entry = _graph_entry(dag, scm.names, dy, data, config, hold=hold, seed=seed, oracle=oracle)
             samples = _generate(flow, x0, config)
+            with timer("tabular_memorisation"):
+                memorisation = C.memorisation_check(flow, data[:MEMORISATION_ROWS].float(),
+                                                    out / "tabular" / name / "memorisation", method=config.method,
+                                                    steps=config.solver_steps, seed=seed, n_fresh=1000)
             entry.update(level="tabular", name=graph, seed=seed, final_loss=float(np.mean(losses[-100:])),
-                         generated_corr=_corr(samples), data_corr_matrix=_corr(data))
+                         generated_corr=_corr(samples), data_corr_matrix=_corr(data), memorisation=memorisation)
             rows.append(entry)
     return rows
 
@@ -224,7 +237,10 @@ def _generate(flow, x0, config):
 
 
 def _corr(x) -> list:
-    return np.corrcoef(np.asarray(x, dtype=np.float64).T).tolist()
+    """Pearson correlation matrix of the columns (:func:`causal_delta.dependence.correlation`)."""
+    from ..dependence import correlation
+
+    return correlation(torch.as_tensor(np.asarray(x, dtype=np.float64)), centered=True).tolist()
 
 
 def _stats(y) -> dict[str, Any]:
@@ -281,11 +297,16 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
             true = DAG(attrs, [(rename[a], rename[b]) for a, b in dag.edges])  # over the read-out's columns
             with timer("images_estimators"):
                 entry = _graph_entry(true, attrs, res.responses, u, config, hold=hold, seed=seed)
+            with timer("images_memorisation"):
+                memorisation = C.memorisation_check(
+                    flow, real[:MEMORISATION_ROWS], out / "images" / name / "memorisation", method=config.method,
+                    steps=config.solver_steps, seed=seed, n_fresh=500)
             gen_out = res.outputs.double()
             r2 = 1 - ((pred - u) ** 2).mean(0) / u.var(0)
             gap = np.abs(np.array(_corr(gen_out)) - np.array(_corr(pred)))
             entry.update(level="images", name=graph, seed=seed, assignment=rename,
                          final_loss=float(np.mean(losses[-100:])), readout=readout_info, readout_r2_scm=r2.tolist(),
+                         memorisation=memorisation,
                          fidelity={"labels": _stats(u), "readout_on_training_images": _stats(pred),
                                    "readout_on_generated": _stats(gen_out), "corr_gap_max": float(gap.max()),
                                    "std_ratio_generated_vs_training": (gen_out.std(0) / pred.std(0)).tolist()})

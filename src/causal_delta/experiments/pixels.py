@@ -25,6 +25,17 @@ triangle) and their mean absolute gap, each with a BCa bootstrap CI that resampl
 ``(x0, z)`` pairs. Entries that are undefined (a pixel constant across samples) are dropped
 and counted.
 
+All correlations are :func:`causal_delta.dependence.correlation` (uncentred for the JVP,
+``centered=True`` for pixel values and for the Pearson between matrices); the intervals are
+:func:`causal_delta.dependence.bootstrap_statistic` (BCa, seeded ``torch.Generator``).
+
+Memorisation: the trained flow also gets the diagnostic of
+:func:`causal_delta.diagnostics.diagnose_memorisation` (``memorisation/``; one line in
+``summary.md``: own-pair — for this independent coupling, the share of fresh samples that copy
+one training image, ``d_1/d_2 < 1/3`` — / median nearest-copy ratio / Jacobian rank), each
+beside the same statistic for the training images themselves (leave-one-out), and the verdict
+"memorised" or "not memorised" of :func:`._common.memorisation_verdict`.
+
 Figures: ``derivative.png`` (the "derivative image" ``J z`` of Figure 3, with ``x0``, ``z``
 and ``f(x0)``), ``scatter.png`` (JVP vs empirical entries), ``corr_maps.png`` (correlation of
 the first pixel of the pair with every pixel: JVP, generated, real) and ``samples.png``.
@@ -128,26 +139,19 @@ def region_box(pair, side: int, height: int, width: int) -> tuple[int, int, int,
     return r0, r0 + side_h, c0, c0 + side_w
 
 
-def _corr_uncentred(d: np.ndarray) -> np.ndarray:
-    S = d.T @ d / d.shape[0]
-    s = np.sqrt(np.diag(S))
-    with np.errstate(all="ignore"):
-        return S / s[:, None] / s[None, :]
+def _compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, int]:
+    """Pearson correlation (:func:`causal_delta.dependence.correlation`, centred) and mean |gap| of
+    two correlation matrices' upper triangles; undefined (NaN) entries are dropped and counted."""
+    from ..dependence import correlation
 
-
-def _corr_centred(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(0)
-    return _corr_uncentred(x)
-
-
-def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
-    """Pearson correlation and mean |gap| of two correlation matrices' upper triangles."""
-    iu = np.triu_indices(a.shape[0], k=1)
-    x, y = a[iu], b[iu]
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 2:
-        return float("nan"), float("nan"), int(ok.sum())
-    return C.pearson(x[ok], y[ok]), float(np.abs(x[ok] - y[ok]).mean()), int(ok.sum())
+    iu = torch.triu_indices(a.shape[0], a.shape[0], offset=1)
+    x, y = a[iu[0], iu[1]], b[iu[0], iu[1]]
+    ok = torch.isfinite(x) & torch.isfinite(y)
+    n = int(ok.sum())
+    if n < 2:
+        return float("nan"), float("nan"), n
+    pearson = correlation(torch.stack([x[ok], y[ok]], 1), centered=True)[0, 1]
+    return float(pearson), float((x[ok] - y[ok]).abs().mean()), n
 
 
 def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
@@ -193,36 +197,41 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
         delta = torch.cat(dxs)
     with timer("fd_check"):
         fd_check = _fd_vs_forward(flow, x0[:4].to(device), z[:4].to(device), config)
+    with timer("memorisation"):
+        memorisation = C.memorisation_check(flow, data.images.to(device), out / "memorisation", method=config.method,
+                                            steps=config.solver_steps, seed=config.seed, progress=progress)
 
     with timer("statistics"):
-        # Region pixels (channel 0), flattened row-major inside the box.
+        from ..dependence import correlation
+
+        # Region pixels (channel 0), flattened row-major inside the box. Correlations are the
+        # library's estimators: the paper's uncentred JVP correlation and the centred (Pearson)
+        # one of pixel values (causal_delta.dependence.correlation).
         rr, cc = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
-        rows, cols = rr.ravel(), cc.ravel()
-        D = delta[:, 0].double().numpy()[:, rows, cols]           # (n, m)
-        G = gen_images[:, 0].double().numpy()[:, rows, cols]      # (n, m)
-        R = data.images[:, 0].double().numpy()[:, rows, cols]     # (N, m)
-        ia = int(np.flatnonzero((rows == pa[0]) & (cols == pa[1]))[0])
-        ib = int(np.flatnonzero((rows == pb[0]) & (cols == pb[1]))[0])
-        corr_jvp, corr_gen, corr_real = _corr_uncentred(D), _corr_centred(G), _corr_centred(R)
+        rows, cols = torch.from_numpy(rr.ravel()), torch.from_numpy(cc.ravel())
+        D = delta[:, 0].double()[:, rows, cols]           # (n, m)
+        G = gen_images[:, 0].double()[:, rows, cols]      # (n, m)
+        R = data.images[:, 0].double()[:, rows, cols]     # (N, m)
+        ia = int(torch.nonzero((rows == pa[0]) & (cols == pa[1]))[0])
+        ib = int(torch.nonzero((rows == pb[0]) & (cols == pb[1]))[0])
+        corr_jvp, corr_gen, corr_real = correlation(D), correlation(G, centered=True), correlation(R, centered=True)
         pear_gen, gap_gen, n_pairs = _compare(corr_jvp, corr_gen)
         pear_real, gap_real, n_pairs_real = _compare(corr_jvp, corr_real)
 
         def stats(idx: np.ndarray) -> np.ndarray:
-            cj, cg = _corr_uncentred(D[idx]), _corr_centred(G[idx])
+            rows_ = torch.from_numpy(idx)
+            cj, cg = correlation(D[rows_]), correlation(G[rows_], centered=True)
             p, g, _ = _compare(cj, cg)
-            return np.array([cj[ia, ib], cg[ia, ib], p, g])
+            return np.array([float(cj[ia, ib]), float(cg[ia, ib]), p, g])
 
+        # BCa over resampled (x0, z) rows, seeded torch.Generator (dependence.bootstrap_statistic)
         lo, hi = C.bootstrap_ci(stats, len(D), n_boot=config.n_boot, seed=config.seed)
-        # Full-image maps of the first pixel's correlation with every pixel.
-        Df = delta[:, 0].double().flatten(1).numpy()
-        Gf = gen_images[:, 0].double().flatten(1).numpy()
-        Rf = data.images[:, 0].double().flatten(1).numpy()
+        # Full-image maps of the first pixel's correlation with every pixel (same estimators).
         fa = pa[0] * W + pa[1]
-        with np.errstate(all="ignore"):
-            map_jvp = (Df * Df[:, [fa]]).mean(0) / np.sqrt((Df**2).mean(0) * (Df[:, fa] ** 2).mean())
-            Gc, Rc = Gf - Gf.mean(0), Rf - Rf.mean(0)
-            map_gen = (Gc * Gc[:, [fa]]).mean(0) / np.sqrt((Gc**2).mean(0) * (Gc[:, fa] ** 2).mean())
-            map_real = (Rc * Rc[:, [fa]]).mean(0) / np.sqrt((Rc**2).mean(0) * (Rc[:, fa] ** 2).mean())
+        map_jvp = correlation(delta[:, 0].double().flatten(1))[fa].numpy()
+        map_gen = correlation(gen_images[:, 0].double().flatten(1), centered=True)[fa].numpy()
+        map_real = correlation(data.images[:, 0].double().flatten(1), centered=True)[fa].numpy()
+        corr_jvp, corr_gen, corr_real = corr_jvp.numpy(), corr_gen.numpy(), corr_real.numpy()
 
     def num(x):
         return float(x) if np.isfinite(x) else None
@@ -243,6 +252,7 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
             "n_pairs_compared_real": n_pairs_real,
         },
         "fd_vs_forward": fd_check,
+        "memorisation": memorisation,
         "n_samples": config.n_samples,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "checkpoint": str(checkpoint),
@@ -328,7 +338,9 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
         ],
     )
     summary = (f"Data: {data.source}, classes {results['dataset']['classes']}, {len(data)} images "
-               f"{H}x{W}; pixel pair mapped from the paper's {PAPER_PAIR} to {pa}, {pb}.\n\n" + summary)
+               f"{H}x{W}; pixel pair mapped from the paper's {PAPER_PAIR} to {pa}, {pb}.\n\n" + summary
+               + f"\n\nMemorisation diagnostic ({memorisation['verdict']}): {memorisation['line']} "
+               f"(`memorisation/summary.md`).")
     return C.write_report(out, experiment="pixels", paper="Section 6.3, Table 5", config=config,
                           quick=config.size == "quick", results=results, published=PUBLISHED,
                           timer=timer, figures=figures, summary=summary + "\n")
