@@ -22,6 +22,7 @@ __all__ = [
     "solvers",
     "jvp",
     "dependence",
+    "discretisation",
     "graphs",
     "diagnostics",
     "datasets",
