@@ -1,7 +1,8 @@
 """``causal-delta jvp``: responses Δy = J_{C∘f}(x0) z of a trained flow to random latent probes.
 
 Writes ``responses.npz`` (``responses`` (n·P, m), ``sample_index``, ``features`` / ``names``) and
-``report.json`` (configuration, checkpoint info, solver cost, timings) under ``--out``.
+``report.json`` (configuration, checkpoint info, solver cost, timings, the discretisation check of
+:func:`causal_delta.discretisation.discretisation_check`) under ``--out``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="finite-difference step (default: sqrt / cbrt of the dtype's machine eps)")
     parser.add_argument("--solver", choices=("euler", "midpoint", "rk4", "dopri5"), default="rk4")
     parser.add_argument("--steps", type=int, default=100, help="solver steps (ignored by adaptive dopri5)")
+    parser.add_argument("--check-samples", type=int, default=64,
+                        help="discretisation check: recompute the correlation for this many samples (same "
+                             "x0 and probes) at half the steps and warn when it moves by more than its "
+                             "bootstrap SE (0: no check)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--features", type=str, default=None,
                       help="pixels to read: comma-separated flattened indices, or colon-separated "
@@ -119,6 +124,26 @@ def _load_classifier(path: str, use_ema: bool):
     return model, {"path": str(ckpt.path), "step": ckpt.step, "model_config": ckpt.model_config}, names
 
 
+def _discretisation(args, velocity, x0, z, classifier, features, res) -> dict:
+    """The discretisation check of the run (report entry); warns on stderr when it fails."""
+    import sys
+    import time
+
+    from ..discretisation import discretisation_check
+
+    if args.check_samples == 0:
+        return {"skipped": "--check-samples 0"}
+    if args.n < 2 or res.grid.numel() < 3:
+        return {"skipped": "needs at least 2 samples and 2 solver steps"}
+    start = time.perf_counter()
+    check = discretisation_check(velocity, x0, z, classifier=classifier, features=features, mode=args.method,
+                                 eps=args.eps, method=args.solver, grid=res.grid, responses=res.responses,
+                                 subsample=args.check_samples, seed=args.seed, batch_size=args.batch_size)
+    if check.verdict == "not converged":
+        print(f"warning: {check.message()}; raise --steps or use a higher-order --solver", file=sys.stderr)
+    return {**check.to_dict(), "seconds": time.perf_counter() - start}
+
+
 def run(args: argparse.Namespace) -> int:
     import math
     import time
@@ -136,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive_int("--probes", args.probes)
     check_positive_int("--steps", args.steps)
     check_positive_int("--batch-size", args.batch_size)
+    if args.check_samples < 0:
+        raise ValueError(f"--check-samples must be an integer >= 0, got {args.check_samples}")
     if args.eps is not None and not args.eps > 0:
         raise ValueError(f"--eps must be > 0, got {args.eps}")
     if args.eps is not None and args.method == "forward":
@@ -173,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     res = J.attribute_jvp(velocity, x0, z, classifier=classifier, features=features, mode=args.method,
                           eps=args.eps, method=args.solver, steps=args.steps, batch_size=args.batch_size)
     elapsed = time.perf_counter() - start
+    check = _discretisation(args, velocity, x0, z, classifier, features, res)
     dy = res.responses.detach().cpu().double().numpy()
     m = dy.shape[1]
     if names is None or len(names) != m:
@@ -221,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
                                "forward mode counts a primal+tangent call as one); nfe_total: all "
                                "batches together"},
         "seconds": elapsed,
+        "discretisation": check,
         "rms_response": np.sqrt((dy ** 2).mean(0)).tolist(),
         "corr_uncentred": corr,
         "truth_corr": truth,
