@@ -114,8 +114,10 @@ def test_errors(case):
         discretisation_check(flow.velocity, x0, z, steps=4, subsample=0)
     with pytest.raises(ValueError, match="method must be one of"):
         discretisation_check(flow.velocity, x0, z, method="heun", steps=4)
-    with pytest.raises(ValueError, match=r"responses must have shape \(n·P, m\) = \(2000, m\)"):
+    with pytest.raises(ValueError, match=r"responses must have shape \(n·P, m\) = \(2000, 2\)"):
         discretisation_check(flow.velocity, x0, z, steps=4, responses=torch.zeros(10, 2))
+    with pytest.raises(ValueError, match=r"probes must have shape"):
+        discretisation_check(flow.velocity, x0, z[:, :1], steps=4)
     with pytest.raises(ValueError, match=r"start must be an integer in \[2, max_steps=8\]"):
         choose_steps(flow.velocity, x0, z, start=16, max_steps=8)
     with pytest.raises(ValueError, match="methods must be a non-empty sequence"):

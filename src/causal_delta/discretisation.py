@@ -197,14 +197,15 @@ def discretisation_check(
         raise ValueError(f"steps must be >= 2 for the discretisation check (it halves them), got {N}")
     coarse_grid = _halve(fine_grid)
     kw = dict(classifier=classifier, features=features, mode=mode, eps=eps, method=method, batch_size=batch_size)
+    # the subsample first: attribute_jvp checks the probes' shape before it is used here
+    coarse_resp = attribute_jvp(velocity, x0[:k], probes[:k], grid=coarse_grid, **kw).responses.detach().double()
+    P = 1 if probes.ndim == x0.ndim else probes.shape[1]
     if responses is None:
         responses = attribute_jvp(velocity, x0, probes, grid=fine_grid, **kw).responses
-    P = 1 if probes.ndim == x0.ndim else probes.shape[1]
     responses = responses.detach().double()
-    if responses.ndim != 2 or responses.shape[0] != n * P:
-        raise ValueError(f"responses must have shape (n·P, m) = ({n * P}, m) for x0 and probes, "
-                         f"got {tuple(responses.shape)}")
-    coarse_resp = attribute_jvp(velocity, x0[:k], probes[:k], grid=coarse_grid, **kw).responses.detach().double()
+    if responses.ndim != 2 or responses.shape[0] != n * P or responses.shape[1] != coarse_resp.shape[1]:
+        raise ValueError(f"responses must have shape (n·P, m) = ({n * P}, {coarse_resp.shape[1]}) for x0, probes "
+                         f"and the read-out, got {tuple(responses.shape)}")
     fine = correlation(responses[: k * P])
     coarse = correlation(coarse_resp)
     groups = torch.arange(n).repeat_interleave(P) if P > 1 else None
