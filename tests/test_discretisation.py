@@ -37,7 +37,7 @@ def _euler_jacobian(flow, steps):
 
 
 def test_euler_with_too_few_steps_is_flagged(case):
-    flow, x0, z, exact = case
+    flow, x0, z, _ = case
     chk = discretisation_check(flow.velocity, x0, z, method="euler", steps=4, subsample=400, n_boot=200)
     assert chk.verdict == "not converged" and not chk.converged
     assert (chk.steps, chk.coarse_steps, chk.nfe, chk.samples, chk.entries) == (4, 2, 4, 400, 2)
@@ -80,7 +80,7 @@ def test_chooser_picks_a_count_within_the_se_of_the_closed_form(case):
     est = float(choice.check.estimate[0, 1])
     assert abs(est - exact) <= choice.check.se_at_worst
     # every earlier count of every solver failed, and no passing solver was cheaper
-    for method, t in choice.trials.items():
+    for t in choice.trials.values():
         assert all(c["verdict"] == "not converged" for c in t["checks"][:-1])
         if t["stopped"] == "passed":
             assert t["checks"][-1]["nfe"] >= choice.nfe

@@ -33,7 +33,7 @@ from torch import Tensor
 from ._validation import check_positive_int
 from .solvers import METHODS, NFE_PER_STEP, Velocity, dopri5_grid, time_grid
 
-__all__ = ["DiscretisationCheck", "discretisation_check", "StepChoice", "choose_steps"]
+__all__ = ["DiscretisationCheck", "StepChoice", "choose_steps", "discretisation_check"]
 
 VERDICTS = ("converged", "not converged", "no off-diagonal entries")
 
@@ -196,7 +196,8 @@ def discretisation_check(
     if N < 2:
         raise ValueError(f"steps must be >= 2 for the discretisation check (it halves them), got {N}")
     coarse_grid = _halve(fine_grid)
-    kw = dict(classifier=classifier, features=features, mode=mode, eps=eps, method=method, batch_size=batch_size)
+    kw = {"classifier": classifier, "features": features, "mode": mode, "eps": eps, "method": method,
+          "batch_size": batch_size}
     # the subsample first: attribute_jvp checks the probes' shape before it is used here
     coarse_resp = attribute_jvp(velocity, x0[:k], probes[:k], grid=coarse_grid, **kw).responses.detach().double()
     P = 1 if probes.ndim == x0.ndim else probes.shape[1]

@@ -305,7 +305,7 @@ def choose_solver(velocity, x0: torch.Tensor, probes: torch.Tensor, *, method: s
     """
     from ..discretisation import choose_steps, discretisation_check
 
-    kw = dict(subsample=subsample, n_boot=n_boot, seed=seed, **readout)
+    kw = {"subsample": subsample, "n_boot": n_boot, "seed": seed, **readout}
     if method == "auto":
         choice = choose_steps(velocity, x0, probes, start=max(int(steps), 2), progress=progress, **kw)
         out = {**choice.to_dict(), "chosen_by": "discretisation check (choose_steps)"}
