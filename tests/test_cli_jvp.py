@@ -131,3 +131,30 @@ def test_jvp_reads_every_coordinate_by_default(checkpoints, tmp_path, capsys, mo
     monkeypatch.setattr(jvp_command, "MAX_IDENTITY_FEATURES", 3)
     assert cli.main(argv + ["--out", str(tmp_path / "big")]) == 2
     assert "give --features or --classifier: the samples have 4 coordinates" in capsys.readouterr().err
+
+
+def test_jvp_discretisation_check_warns_and_reports(tmp_path, capsys):
+    # a fast-varying flow (last layer scaled up): 2 Euler steps are far from converged, 64 RK4 steps are not
+    torch.manual_seed(0)
+    flow = build_model("mlp-small", event_shape=(2,))
+    with torch.no_grad():
+        flow.layers[-1].weight.mul_(100.0)
+    ckpt = save_checkpoint(tmp_path / "flow", 1, model_state=flow.state_dict(), meta={
+        "model_config": asdict(flow.config), "event_shape": [2],
+        "train_config": {"parametrization": "velocity", "preset": "mlp-small"}})
+    base = ["jvp", "--checkpoint", str(ckpt), "-n", "300", "--dtype", "float64"]
+    assert cli.main(base + ["--solver", "euler", "--steps", "2", "--out", str(tmp_path / "e")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: discretisation check (euler, 2 vs 1 steps, 64 paired")
+    check = json.loads((tmp_path / "e" / "report.json").read_text())["discretisation"]
+    assert check["converged"] is False and check["ratio"] > 1 and check["samples"] == 64 and check["nfe"] == 2
+    assert check["max_abs_diff"] > check["se_at_worst"] > 0
+    assert cli.main(base + ["--steps", "64", "--check-samples", "100", "--out", str(tmp_path / "r")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    check = json.loads((tmp_path / "r" / "report.json").read_text())["discretisation"]
+    assert check["converged"] is True and check["samples"] == 100 and check["coarse_steps"] == 32
+    assert cli.main(base + ["--steps", "2", "--check-samples", "0", "--out", str(tmp_path / "s")]) == 0
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["discretisation"] == {"skipped": "--check-samples 0"}
+    assert cli.main(base + ["--check-samples", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "--check-samples must be an integer >= 0" in capsys.readouterr().err

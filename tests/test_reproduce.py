@@ -58,6 +58,10 @@ def test_gaussian_2d_quick_recovers_rho(tmp_path):
     assert lo <= res["corr_jvp"] <= hi and hi - lo < 0.1
     assert res["jacobian_t1"]["mean_frobenius_gap"] < 0.5
     assert abs(res["corr_samples"] - 0.55) < 0.15
+    # solver and steps chosen by the discretisation check, on the same pairs as the estimate
+    solver = res["solver"]
+    assert solver["chosen_by"].startswith("discretisation check") and solver["check"]["steps"] == solver["steps"]
+    assert solver["passed"] and res["corr_jvp"] == pytest.approx(solver["check"]["estimate"][0][1], abs=1e-6)
 
 
 def test_pixel_pair_mapping_and_region():
@@ -148,6 +152,8 @@ def test_cli_all_quick_minimal(tmp_path, capsys):
     assert "learned_flow" in closed["gap_mean"] and len(mixture["results"]["learned"]["times"]) == 5
     assert closed["headline"]["autodiff_gap_max_over_t"] < 1e-8
     assert (tmp_path / "mixture" / "closed_form" / "report.json").is_file()
+    chosen = mixture["results"]["learned"]["solver"]
+    assert chosen["check"]["method"] == chosen["method"]
     out = capsys.readouterr().out
     assert "all done" in out and "[pixels] done" in out
 

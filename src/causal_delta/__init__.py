@@ -44,7 +44,8 @@ _API: dict[str, str] = {
 
 _SUBMODULES = (
     "closed_form", "paths", "models", "training", "distributed", "classifier_training", "checkpoint", "solvers",
-    "jvp", "dependence", "moments", "likelihood", "graphs", "diagnostics", "datasets", "experiments", "flux",
+    "jvp", "discretisation", "dependence", "moments", "likelihood", "graphs", "diagnostics", "datasets",
+    "experiments", "flux",
     "config",
 )
 

@@ -7,6 +7,9 @@ Writes ``responses.npz`` (``responses`` (n·P, m), ``sample_index``, ``features`
 Sample ``i``'s ``x0`` and probes depend on ``(--seed, i)`` only (:mod:`causal_delta._rng`), so the
 responses are the same at any ``--batch-size`` and under ``torchrun --nproc-per-node W``, where
 each rank computes a contiguous block of samples and rank 0 gathers and writes them.
+
+``report.json`` also holds the discretisation check of
+:func:`causal_delta.discretisation.discretisation_check` (the statistic at half the steps).
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class JvpConfig(FlowSource):
     eps: float | None = option(None, help="finite-difference step (default: sqrt / cbrt of the dtype's machine eps)")
     solver: Literal["euler", "midpoint", "rk4", "dopri5"] = option("rk4", help="ODE solver")
     steps: int = option(100, help="solver steps (ignored by adaptive dopri5)")
+    check_samples: int = option(64, help="discretisation check: recompute the correlation for this many samples "
+                                         "(same x0 and probes) at half the steps and warn when it moves by more "
+                                         "than its bootstrap SE (0: no check)")
     features: str | None = option(
         None, group="readout",
         help="pixels to read: comma-separated flattened indices, or colon-separated multi-indices into the sample "
@@ -148,6 +154,26 @@ def _load_classifier(path: str, use_ema: bool):
     return model, {"path": str(ckpt.path), "step": ckpt.step, "model_config": ckpt.model_config}, names
 
 
+def _discretisation(args, velocity, x0, z, classifier, features, res) -> dict:
+    """The discretisation check of the run (report entry); warns on stderr when it fails."""
+    import sys
+    import time
+
+    from ..discretisation import discretisation_check
+
+    if args.check_samples == 0:
+        return {"skipped": "--check-samples 0"}
+    if x0.shape[0] < 2 or res.grid.numel() < 3:
+        return {"skipped": "needs at least 2 samples and 2 solver steps"}
+    start = time.perf_counter()
+    check = discretisation_check(velocity, x0, z, classifier=classifier, features=features, mode=args.mode,
+                                 eps=args.eps, method=args.solver, grid=res.grid, responses=res.responses,
+                                 subsample=args.check_samples, seed=args.seed, batch_size=args.batch_size)
+    if check.verdict == "not converged":
+        print(f"warning: {check.message()}; raise --steps or use a higher-order --solver", file=sys.stderr)
+    return {**check.to_dict(), "seconds": time.perf_counter() - start}
+
+
 def run(args: argparse.Namespace) -> int:
     import math
     import time
@@ -173,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--eps applies to --mode fd / central only")
     dtype = getattr(torch, c.dtype)
     out = Path(c.out)
+    if c.check_samples < 0:
+        raise ValueError(f"--check-samples must be an integer >= 0, got {c.check_samples}")
 
     velocity, info = load_velocity(c, use_ema=c.ema)
     velocity = velocity.to(dtype)
@@ -224,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
     res = J.attribute_jvp(velocity, x0, z, classifier=classifier, features=features, mode=c.mode,
                           eps=c.eps, method=c.solver, steps=c.steps, batch_size=c.batch_size)
     elapsed = time.perf_counter() - start
+    # rank 0 checks its own block of samples (the others wait at the gather below)
+    check = _discretisation(c, velocity, x0, z, classifier, features, res) if dist.is_main() else None
     dy = dist.all_gather(res.responses.detach().cpu().double()).numpy()
     sample_index = dist.all_gather(res.sample_index.cpu() + mine.start).numpy()
     nfe_total = int(dist.all_reduce(torch.tensor(res.nfe_total), "sum"))
@@ -277,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
                                "forward mode counts a primal+tangent call as one); nfe_total: all "
                                "batches together"},
         "seconds": elapsed,
+        "discretisation": check,
         "rms_response": np.sqrt((dy ** 2).mean(0)).tolist(),
         "corr_uncentred": corr,
         "truth_corr": truth,

@@ -43,6 +43,7 @@ __all__ = [
     "train_model",
     "memorisation_check",
     "memorisation_verdict",
+    "choose_solver",
 ]
 
 
@@ -382,3 +383,31 @@ def memorisation_verdict(numbers: Mapping[str, Any]) -> str:
     se = math.sqrt(pg * (1 - pg) / ng + pr * (1 - pr) / nr)
     return "memorised" if pg - pr > max(MEMORISED_MARGIN, 3 * se) else "not memorised"
 
+def choose_solver(velocity, x0: torch.Tensor, probes: torch.Tensor, *, method: str = "auto", steps: int = 4,
+                  subsample: int = 256, n_boot: int = 200, seed: int = 0, progress: bool = True,
+                  **readout: Any) -> dict[str, Any]:
+    """Solver and steps for an experiment's JVPs, from the discretisation check (issue 13, item 6).
+
+    ``method="auto"``: :func:`causal_delta.discretisation.choose_steps` over RK4, midpoint and Euler,
+    doubling from ``steps``, on the experiment's own ``x0`` and ``probes``. A solver name: that
+    solver with ``steps`` as given, checked. ``readout`` (``classifier`` / ``features``) is passed on.
+
+    Returns:
+        JSON-ready ``{"method", "steps", "nfe", "chosen_by", "check", "trials", "line"}``; ``line``
+        is one sentence for ``summary.md``.
+    """
+    from ..discretisation import choose_steps, discretisation_check
+
+    kw = {"subsample": subsample, "n_boot": n_boot, "seed": seed, **readout}
+    if method == "auto":
+        choice = choose_steps(velocity, x0, probes, start=max(int(steps), 2), progress=progress, **kw)
+        out = {**choice.to_dict(), "chosen_by": "discretisation check (choose_steps)"}
+        check: Any = choice.check
+    else:
+        check = discretisation_check(velocity, x0, probes, method=method, steps=steps, **kw) if steps >= 2 else None
+        out = {"method": method, "steps": steps, "chosen_by": "config",
+               "check": check.to_dict() if check is not None else {"skipped": "needs >= 2 steps"}}
+    out["nfe"] = check.nfe if check is not None else None
+    verdict = check.message() if check is not None else "not checked (1 step)"
+    out["line"] = f"Solver: {out['method']}, {out['steps']} steps ({out['chosen_by']}); {verdict}."
+    return out

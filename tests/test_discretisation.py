@@ -1,0 +1,127 @@
+"""Discretisation check and step chooser on the closed-form Gaussian flow (known flow map).
+
+For ``v(x, t) = A(t) x`` every one-step method is linear: a step is ``x <- M_i x`` with a matrix
+``M_i`` (Euler: ``I + h A(t_i)``), so the discretised generator's Jacobian is the product of the
+``M_i`` — an independent route to the statistic the check computes through the JVP code. As
+steps -> infinity the Jacobian is ``Σ^{1/2}`` (MATH.md §2), so paired responses ``Σ^{1/2} z`` give
+the converged correlation.
+"""
+
+import pytest
+import torch
+
+from causal_delta.closed_form import GaussianFlow
+from causal_delta.dependence import correlation
+from causal_delta.discretisation import choose_steps, discretisation_check
+
+RHO = 0.55
+
+
+@pytest.fixture(scope="module")
+def case():
+    flow = GaussianFlow(torch.tensor([[1.0, RHO], [RHO, 1.0]], dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2000, 2, generator=gen, dtype=torch.float64)
+    z = torch.randn(2000, 2, generator=gen, dtype=torch.float64)
+    exact = float(correlation(z @ flow.flow_jacobian(1.0).T)[0, 1])  # paired, steps -> infinity
+    return flow, x0, z, exact
+
+
+def _euler_jacobian(flow, steps):
+    """Product of the Euler step matrices I + h A(t_i) (A symmetric), the discretised Jacobian."""
+    h = 1.0 / steps
+    J = torch.eye(2, dtype=torch.float64)
+    for i in range(steps):
+        J = (torch.eye(2, dtype=torch.float64) + h * flow.A(i * h)) @ J
+    return J
+
+
+def test_euler_with_too_few_steps_is_flagged(case):
+    flow, x0, z, _ = case
+    chk = discretisation_check(flow.velocity, x0, z, method="euler", steps=4, subsample=400, n_boot=200)
+    assert chk.verdict == "not converged" and not chk.converged
+    assert (chk.steps, chk.coarse_steps, chk.nfe, chk.samples, chk.entries) == (4, 2, 4, 400, 2)
+    # the fine and coarse statistics by another route: the product of Euler step matrices
+    sub = z[:400]
+    assert float(chk.fine[0, 1]) == pytest.approx(float(correlation(sub @ _euler_jacobian(flow, 4).T)[0, 1]), abs=1e-10)
+    coarse, fine = correlation(sub @ _euler_jacobian(flow, 2).T), correlation(z @ _euler_jacobian(flow, 4).T)
+    assert float(chk.coarse[0, 1]) == pytest.approx(float(coarse[0, 1]), abs=1e-10)
+    assert float(chk.estimate[0, 1]) == pytest.approx(float(fine[0, 1]), abs=1e-10)
+    assert chk.ratio > 1 and chk.max_abs_diff == pytest.approx(abs(float(chk.diff[0, 1])))
+    assert chk.max_abs_diff > chk.se_at_worst == pytest.approx(float(chk.se[0, 1]))
+    # the SE is the bootstrap SE of a correlation of 2000 rows: (1 - ρ²)/sqrt(n) ≈ 0.016
+    assert 0.01 < chk.se_at_worst < 0.025
+    assert "not converged" in chk.message() and ">" in chk.message()
+    d = chk.to_dict()
+    assert d["converged"] is False and d["worst"] == [0, 1] and len(d["diff"]) == 2
+
+
+def test_rk4_with_enough_steps_passes_and_matches_the_flow_map(case):
+    flow, x0, z, exact = case
+    chk = discretisation_check(flow.velocity, x0, z, method="rk4", steps=8, subsample=400, n_boot=200)
+    assert chk.converged and chk.ratio <= 1 and chk.nfe == 32
+    est = float(chk.estimate[0, 1])
+    assert abs(est - exact) < chk.se_at_worst / 100  # discretisation error far below the noise
+    assert abs(est - RHO) < 3 * chk.se_at_worst  # and the noise is what the SE says
+    # responses given: the same check without recomputing the full run
+    from causal_delta.jvp import attribute_jvp
+
+    resp = attribute_jvp(flow.velocity, x0, z, method="rk4", steps=8).responses
+    again = discretisation_check(flow.velocity, x0, z, method="rk4", steps=8, subsample=400, n_boot=200,
+                                 responses=resp)
+    assert torch.allclose(again.diff, chk.diff, atol=1e-12) and torch.equal(again.se, chk.se)
+
+
+def test_chooser_picks_a_count_within_the_se_of_the_closed_form(case):
+    flow, x0, z, exact = case
+    choice = choose_steps(flow.velocity, x0, z, methods=("rk4", "midpoint", "euler"), start=2, max_steps=64,
+                          subsample=400, n_boot=200)
+    assert choice.passed and choice.check.converged
+    assert choice.nfe == choice.check.nfe and choice.steps == choice.check.steps
+    est = float(choice.check.estimate[0, 1])
+    assert abs(est - exact) <= choice.check.se_at_worst
+    # every earlier count of every solver failed, and no passing solver was cheaper
+    for t in choice.trials.values():
+        assert all(c["verdict"] == "not converged" for c in t["checks"][:-1])
+        if t["stopped"] == "passed":
+            assert t["checks"][-1]["nfe"] >= choice.nfe
+    assert choice.trials["rk4"]["checks"][0]["verdict"] == "not converged"  # 2 RK4 steps are too few
+    assert choice.to_dict()["check"]["converged"] is True
+
+
+def test_chooser_reports_failure_at_the_cap(case):
+    flow, x0, z, _ = case
+    choice = choose_steps(flow.velocity, x0, z, methods=("euler",), start=2, max_steps=3, subsample=400, n_boot=50)
+    assert not choice.passed and choice.steps == 2 and choice.trials["euler"]["stopped"] == "cap"
+
+
+def test_probes_per_sample_dopri5_and_one_feature(case):
+    flow, x0, z, _ = case
+    zz = torch.randn(200, 3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    chk = discretisation_check(flow.velocity, x0[:200], zz, method="dopri5", subsample=50, n_boot=50)
+    assert chk.rows == 150 and chk.samples == 50 and chk.converged
+    assert chk.coarse_steps == -(-chk.steps // 2)
+    one = discretisation_check(flow.velocity, x0[:50], z[:50], features=[0], method="rk4", steps=4, n_boot=20)
+    assert one.verdict == "no off-diagonal entries" and one.worst is None and "no off-diagonal" in one.message()
+
+
+def test_errors(case):
+    flow, x0, z, _ = case
+    with pytest.raises(ValueError, match="steps must be >= 2"):
+        discretisation_check(flow.velocity, x0, z, method="euler", steps=1)
+    with pytest.raises(ValueError, match="at least 2 source points"):
+        discretisation_check(flow.velocity, x0[:1], z[:1], steps=4)
+    with pytest.raises(ValueError, match="subsample must be an integer >= 1"):
+        discretisation_check(flow.velocity, x0, z, steps=4, subsample=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        discretisation_check(flow.velocity, x0, z, method="heun", steps=4)
+    with pytest.raises(ValueError, match=r"responses must have shape \(n·P, m\) = \(2000, 2\)"):
+        discretisation_check(flow.velocity, x0, z, steps=4, responses=torch.zeros(10, 2))
+    with pytest.raises(ValueError, match=r"probes must have shape"):
+        discretisation_check(flow.velocity, x0, z[:, :1], steps=4)
+    with pytest.raises(ValueError, match=r"start must be an integer in \[2, max_steps=8\]"):
+        choose_steps(flow.velocity, x0, z, start=16, max_steps=8)
+    with pytest.raises(ValueError, match="methods must be a non-empty sequence"):
+        choose_steps(flow.velocity, x0, z, methods=("heun",))
+    with pytest.raises(ValueError, match="chooses 'steps' itself"):
+        choose_steps(flow.velocity, x0, z, steps=4)
