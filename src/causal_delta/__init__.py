@@ -11,7 +11,7 @@ Examples:
     >>> x0 = torch.randn(4000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     >>> z = cd.make_probes(4000, (2,), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     >>> dy = cd.jvp_forward(flow.velocity, x0, z, method="rk4", steps=20).jvp.reshape(4000, 2)
-    >>> abs(float(cd.correlation(dy)[0, 1]) - 0.55) < 0.03  # the data's correlation (MATH §2)
+    >>> abs(float(cd.correlation(dy)[0, 1]) - 0.55) < 0.03  # the data's correlation (arXiv 2602.02793 §4.1)
     True
 """
 

@@ -2,7 +2,7 @@ r"""Steps that suffice: the discretisation check of a JVP statistic, and a step 
 
 The generator ``f`` is the solver's map, so the JVP statistic — the correlation
 :math:`\mathrm{Corr} = D^{-1/2} S D^{-1/2}` of the responses :math:`\Delta y = J_{C\circ f}(x_0) z`
-(MATH.md §4) — depends on the solver and its grid. :func:`discretisation_check` measures that
+(arXiv 2602.02793 §5) — depends on the solver and its grid. :func:`discretisation_check` measures that
 dependence where it is cheap: it recomputes the statistic on a *paired* subsample (the first
 ``subsample`` source points with their probes, so the same ``x0`` and the same ``z``) on the
 grid with every other point (half the steps: ``grid[::2]``, ending at ``t1``) and compares

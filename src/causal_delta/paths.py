@@ -1,12 +1,12 @@
 r"""Probability paths for flow matching: interpolants, regression targets, parametrisations.
 
-Linear interpolant (MATH.md §1), with ``x0 ~ p_init``, ``x1 ~ p_data``, ``t ~ U(0, 1)``:
+Linear interpolant (Lipman et al. 2023, arXiv 2210.02747), with ``x0 ~ p_init``, ``x1 ~ p_data``, ``t ~ U(0, 1)``:
 
 .. math::  x_t = (1 - t)\, x_0 + t\, x_1 \;(+\; \sigma \varepsilon), \qquad \varepsilon \sim N(0, I).
 
 ``sigma = 0`` is the deterministic interpolant; ``sigma > 0`` the stochastic interpolant with
 constant noise level (σ-CFM; 0.05 is the value reported to stop memorisation of fixed pairs,
-see MATH.md §7). Because σ is constant in ``t`` the conditional velocity is still
+see arXiv 2510.18118). Because σ is constant in ``t`` the conditional velocity is still
 ``x1 - x0``.
 
 Two parametrisations of the network output ``g = model(x_t, t)``:

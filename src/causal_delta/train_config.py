@@ -37,7 +37,7 @@ class TrainConfig:
             (two-sided transport); it must have the data's event shape.
         source_args: keyword arguments of ``source``.
         coupling: ``"independent"`` (each step pairs fresh ``x0`` with data drawn on their own)
-            or ``"fixed"``: train on given pairs ``(x0_i, x1_i)`` (MATH.md §7), drawn by row
+            or ``"fixed"``: train on given pairs ``(x0_i, x1_i)`` (arXiv 2510.18118), drawn by row
             index so each stays paired: ``data`` is a pairs file (``.npz`` with ``x0``/``x1``,
             ``.npy`` ``(N, 2, *event)``) and ``source`` is ``None``, or ``data`` (targets) and
             ``source`` are two files of the same length (see :mod:`causal_delta.datasets.pairs`).

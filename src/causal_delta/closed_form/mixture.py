@@ -28,7 +28,7 @@ Jacobian (Eq. 4), with ``∇γ_k = γ_k (ū - u_k)`` and ``ū = Σ_j γ_j u_j``:
 The score of ``p_t`` is ``∇ \log p_t(x) = -ū``. End points: ``v(x, 0) = Σ_k π_k μ_k - x``
 and ``v(x, 1) = x - μ0``.
 
-Numerics far from the data (``MATH.md`` §3): ``u_k`` and ``b_k`` grow like ``|x|`` while their
+Numerics far from the data (arXiv 2602.02793 Eq. 2–4, App. B.3): ``u_k`` and ``b_k`` grow like ``|x|`` while their
 spreads ``u_k - ū``, ``b_k - v`` (and the log-density differences that set ``γ``) stay O(1) when
 the components share ``S_k``. Forming ``v ūᵀ - Σ γ_k b_k u_kᵀ`` or ``softmax(log N_k)`` from the
 large terms cancels ``|x|²``-sized numbers (relative error ~1e-6 at ``|x| = 1e5``). So every
@@ -49,7 +49,7 @@ points), triangular solves for every ``S_k⁻¹``, no explicit inverse, no Pytho
 points. Everything is differentiable with ``torch.autograd`` and ``torch.func``.
 
 Note: the original research code used ``A_k = t Σ_k S_k⁻¹`` (the slope of ``E[x1 | x_t]``),
-which is not the drift's slope; see ``MATH.md`` §5.
+which is not the drift's slope; see a known error of the paper's code, arXiv 2602.02793 App. B.3.
 """
 
 from __future__ import annotations
@@ -393,7 +393,7 @@ class GaussianMixture:
             J = torch.einsum("nk,kij->nij", g, A)
         else:
             J = torch.einsum("nk,nkij->nij", g, A)
-        beta, eta = T.spreads()  # centred form of MATH.md §3: no |x|² cancellation
+        beta, eta = T.spreads()  # centred form of arXiv 2602.02793 Eq. 2–4, App. B.3: no |x|² cancellation
         J = J - torch.einsum("nki,nkj->nij", g.unsqueeze(-1) * beta, eta)
         return T.velocity, J
 

@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         "corr_uncentred": corr,
         "truth_corr": truth,
         "truth_note": ("the training data's correlation; a perfectly trained flow on Gaussian data has "
-                       "JVP correlation equal to it (MATH.md §2)") if truth is not None else None,
+                       "JVP correlation equal to it (arXiv 2602.02793 §4.1, App. B)") if truth is not None else None,
         "responses_file": npz_path.name,
     }
     report.write_json(out / "report.json", rep)

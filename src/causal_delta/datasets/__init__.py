@@ -126,7 +126,7 @@ class SamplerSource(DataSource):
         """Name and event shape, plus the known ``mean``, ``cov`` and ``corr`` of a Gaussian source.
 
         For Gaussian data the JVP correlation of a perfectly trained flow equals ``corr``
-        (``MATH.md`` §2), so ``causal-delta jvp`` / ``dependence`` print it as the truth.
+        (arXiv 2602.02793 §4.1, App. B), so ``causal-delta jvp`` / ``dependence`` print it as the truth.
         """
         out = super().describe()
         cov = getattr(self, "cov", None)

@@ -1,6 +1,6 @@
 r"""A fixed coupling: given pairs ``(x0_i, x1_i)``, drawn together so that each stays paired.
 
-Flow matching with a fixed coupling (MATH.md §7) regresses ``x1_i - x0_i`` along the line from
+Flow matching with a fixed coupling (arXiv 2510.18118) regresses ``x1_i - x0_i`` along the line from
 ``x0_i`` to ``x1_i`` for a fixed set of ``N`` pairs, instead of pairing a fresh ``x0 ~ N(0, I)``
 with a data point at every step (the *independent* coupling). The pairs come from
 

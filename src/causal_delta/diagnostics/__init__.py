@@ -3,7 +3,7 @@
 * :mod:`.mmd` — unbiased Gaussian-kernel MMD² (median-heuristic bandwidth) and its closed form
   for two isotropic Gaussians;
 * :mod:`.gradient_variance` — trace of the per-sample gradient covariance of the loss on a grid
-  of ``t`` (arXiv 2510.18118, MATH.md §7);
+  of ``t`` (arXiv 2510.18118);
 * :mod:`.memorisation` — own-pair fraction, nearest-copy ratio (and its real-data baseline),
   memorisation / generalisation MMDs, Jacobian spectra; ``causal-delta diagnose memorisation`` writes them.
 """

@@ -1,4 +1,4 @@
-r"""Gradient variance of the flow-matching loss as a function of time (arXiv 2510.18118, MATH.md §7).
+r"""Gradient variance of the flow-matching loss as a function of time (arXiv 2510.18118).
 
 At a fixed time ``t`` the per-sample loss of pair ``i`` is
 

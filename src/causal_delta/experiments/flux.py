@@ -1,4 +1,4 @@
-r"""Flux Matching against denoising score matching on 2-D data (arXiv 2605.07319, MATH.md §8).
+r"""Flux Matching against denoising score matching on 2-D data (arXiv 2605.07319).
 
 Two data sets: a ring (radius ``ring_radius``, radial noise ``ring_width``) and the
 three-component 2-D mixture :data:`causal_delta.datasets.synthetic.DEFAULT_MIXTURE`. On each, a

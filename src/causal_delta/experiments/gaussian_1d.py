@@ -1,7 +1,7 @@
 r"""Figure 1: a learned 1-D flow against the closed-form Gaussian flow.
 
 Target ``x1 ~ N(0, σ²)`` (default ``σ = 2``), source ``x0 ~ N(0, 1)``. The exact flow map is
-``φ_t(x0) = S(t)^{1/2} x0`` with ``S(t) = (1-t)² + t² σ²`` (MATH.md §2), so the exact
+``φ_t(x0) = S(t)^{1/2} x0`` with ``S(t) = (1-t)² + t² σ²`` (arXiv 2602.02793 §4.1, App. B), so the exact
 generator Jacobian is ``dφ_t/dx0 = S(t)^{1/2}``, equal to ``σ`` at ``t = 1``.
 
 An MLP (preset ``mlp-small``: hidden 128; paper: lr 1e-3, 2,000 steps, 10,000 samples) is trained

@@ -3,7 +3,7 @@ r"""Section 5.5: JVP correlation of a learned 2-D flow against the data correlat
 Target ``x1 ~ N(0, Σ)`` with ``Σ = [[1, ρ], [ρ, 1]]``. For the exact flow the generator
 Jacobian is ``Σ^{1/2}`` everywhere, so with Gaussian probes ``z ~ N(0, I)`` the second moment
 of ``Δ = J z`` is ``E[Δ Δᵀ] = Σ`` and its normalised correlation
-``S_12 / sqrt(S_11 S_22)`` equals ``ρ`` (MATH.md §2, §4). A perfectly trained model therefore
+``S_12 / sqrt(S_11 S_22)`` equals ``ρ`` (arXiv 2602.02793 §4.1, §5). A perfectly trained model therefore
 has JVP correlation = data correlation.
 
 An MLP (preset ``mlp-2d``: 10 hidden layers of 1024; paper: lr 1e-4, 1,000 steps) is trained

@@ -1,4 +1,4 @@
-r"""Memorisation with a fixed coupling and what path noise does to it (arXiv 2510.18118, MATH.md §7).
+r"""Memorisation with a fixed coupling and what path noise does to it (arXiv 2510.18118).
 
 Three settings at CPU scale, every flow trained with :func:`causal_delta.training.train`
 (``coupling="fixed"``: fixed pairs ``(x0_i, x1_i)``; ``sigma``: the stochastic interpolant):
@@ -38,7 +38,7 @@ __all__ = ["MemorisationExperimentConfig", "run_memorisation", "train_pairs", "c
            "mixture_pairs", "run_crossing", "run_random_pairs", "run_mixture", "PUBLISHED"]
 
 PUBLISHED = {
-    "source": "arXiv 2510.18118 via a secondary summary (MATH.md §7); kernel and bandwidth unknown",
+    "source": "arXiv 2510.18118 via a secondary summary; kernel and bandwidth unknown",
     "mixture_d3": {"generalisation_mmd": {"0": 0.0034, "0.05": 0.0018}, "memorisation_mmd": {"0": 1.76e-6, "0.05": 3.1e-5}},
     "mixture_d50": {"generalisation_mmd": {"0": 0.0021, "0.05": 0.0020}, "memorisation_mmd": {"0": 9.1e-6, "0.05": 6.1e-5}},
 }

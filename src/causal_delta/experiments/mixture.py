@@ -27,8 +27,8 @@ Evaluation points: ``points="path"`` (default) draws ``x_t = (1-t) x0 + t x1`` w
 (10 points per ``t`` there).
 
 Differences from the paper's Table 4 that the numbers reflect: the original code's analytic
-drift used ``A_k = t Σ_k S_k⁻¹`` (wrong, see ``MATH.md`` §5), its finite differences were
-float32 with ε = 1e-6, it averaged 10 points, and its "intervention" was the
+drift used ``A_k = t Σ_k S_k⁻¹`` (wrong: the drift's slope is ``A_k = (t Σ_k - (1-t) Σ_0) S_k⁻¹``,
+cf. arXiv 2602.02793 App. B.3), its finite differences were float32 with ε = 1e-6, it averaged 10 points, and its "intervention" was the
 responsibility-weighted ``Σ_k γ_k A_k``, not a fixed component.
 
 The mixture: by default the one the original release draws for its Table 4 (K = 3, d = 2,
@@ -92,7 +92,7 @@ PUBLISHED: dict[str, Any] = {
     "times": [0.0, 0.25, 0.5, 0.75, 0.99],
     "numerical_vs_analytical": [0.058, 0.289, 0.219, 0.251, 0.179],
     "intervention_vs_analytical": ["<0.001", 0.284, 0.300, 0.039, "<0.001"],
-    "note": "paper Table 4 (MATH.md section 6): float32 forward differences with eps = 1e-6 and "
+    "note": "paper Table 4 (arXiv 2602.02793 §6): float32 forward differences with eps = 1e-6 and "
             "a responsibility-weighted 'intervention', both against an analytic Jacobian that used "
             "A_k = t Sigma_k S_k^-1; 10 points x ~ N(0, I) per t",
 }

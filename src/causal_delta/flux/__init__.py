@@ -1,7 +1,7 @@
 r"""Flux Matching (arXiv 2605.07319): fields whose stationary law is the data, not only the score.
 
 A field ``f`` leaves ``p`` invariant under ``dx = f dt + √2 dW`` iff the Langevin–Stein
-residual ``r = ∇·u + u·s`` of ``u = f - s`` vanishes (MATH.md §8). This package holds the
+residual ``r = ∇·u + u·s`` of ``u = f - s`` vanishes (arXiv 2605.07319). This package holds the
 objective (:mod:`.objective`), the batch-KDE reference and its exact OU dynamics
 (:mod:`.reference`), samplers (:mod:`.samplers`), fields including a masked, directed one
 (:mod:`.fields`), the linear-SCM closed form for directed fields (:mod:`.directed`), a

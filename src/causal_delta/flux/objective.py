@@ -1,4 +1,4 @@
-r"""Flux Matching objective (arXiv 2605.07319, MATH.md §8) and denoising score matching beside it.
+r"""Flux Matching objective (arXiv 2605.07319) and denoising score matching beside it.
 
 A *stationary field* is a callable ``field(x) -> (B, d)`` on points ``x (B, d)``; modules built
 in :mod:`causal_delta.flux.fields` also accept ``field(x, t)`` (``t`` ignored) and offer
@@ -16,7 +16,7 @@ Hutchinson's trick with Rademacher probes ``ε`` (``E[εεᵀ] = I``): ``∇·u 
 direct route, ``εᵀ ∇_x(u·ε)`` by reverse mode with ``create_graph``; ``method="exact"`` sums
 ``d`` JVPs on the unit vectors (small ``d``: tests and diagnostics).
 
-The loss (as MATH.md §8 reads the paper): minimise ``J(θ) = ∫_0^H E[r(x_0) r(x_t)] dt`` along
+The loss (as we read arXiv 2605.07319): minimise ``J(θ) = ∫_0^H E[r(x_0) r(x_t)] dt`` along
 the KDE's Langevin diffusion started at ``x_0 = x + σ ε``. Its θ-gradient is, by reversibility
 and Stein's identity ``E_p[(∇·v + v·s) g] = -E_p[v·∇g]``,
 ``∇_θ J = -2 E[∂_θ u(x_0) · ∇_{x_0} ∫ E[r(x_t) | x_0] dt]``; pathwise

@@ -1,6 +1,6 @@
 r"""The batch-KDE reference density of Flux Matching and its exact Ornstein–Uhlenbeck dynamics.
 
-Reference density (MATH.md §8): the Gaussian kernel density estimate of a batch
+Reference density (arXiv 2605.07319): the Gaussian kernel density estimate of a batch
 ``x_1 … x_B`` (rows of ``ref``, shape ``(B, d)``) with bandwidth ``σ``,
 
 .. math:: p(z) = \frac1B \sum_j N(z \mid x_j, σ^2 I),

@@ -1,6 +1,6 @@
 r"""Samplers for stationary fields: Langevin and annealed Euler–Maruyama.
 
-Langevin (MATH.md §8): Euler–Maruyama for ``dx = f dt + √2 dW`` with step ``h = η/2``,
+Langevin (arXiv 2605.07319): Euler–Maruyama for ``dx = f dt + √2 dW`` with step ``h = η/2``,
 
 .. math:: x_{k+1} = x_k + \tfrac{η}{2} f(x_k) + \sqrt{η}\, ξ_k, \qquad ξ_k \sim N(0, I).
 

@@ -71,7 +71,7 @@ __all__ = [
 PRESETS: dict[str, dict[str, Any]] = {
     # Paper, 2-D Gaussian rho = 0.55: MLP 10 layers x 1024 (10 hidden layers of width 1024).
     "mlp-2d": {"kind": "mlp", "hidden": 1024, "depth": 10, "time_embed": 0},
-    # 3 x 128: the paper's 1-D neural flow (MATH.md §6, hidden 128); also the CPU quick preset,
+    # 3 x 128: the paper's 1-D neural flow (arXiv 2602.02793 §6, hidden 128); also the CPU quick preset,
     # trains a 2-D Gaussian in a few hundred steps.
     "mlp-small": {"kind": "mlp", "hidden": 128, "depth": 3, "time_embed": 0},
     # Paper Table 2: base 64 channels, mult (1, 2, 4, 8, 16), time embedding 256, 28 x 28.

@@ -3,7 +3,7 @@ r"""Flow-matching training loop with exact resume, in one process or under ``tor
 Each step draws a global minibatch of ``batch_size`` rows from the data source, source points
 ``x0`` (``N(0, I)`` or a user-chosen source for two-sided transport; with ``coupling="fixed"``
 given pairs ``(x0_i, x1_i)`` drawn together by row index), times ``t`` and, for ``sigma > 0``,
-the path noise, and minimises :func:`~causal_delta.training.flow_matching_loss` (MATH.md §1)
+the path noise, and minimises :func:`~causal_delta.training.flow_matching_loss` (Lipman et al. 2023, arXiv 2210.02747)
 with AdamW, optional gradient clipping and an optional exponential moving average (EMA).
 
 Reproducibility: every random draw of the loop (data, ``x0``, ``t``, noise) comes from one

@@ -7,7 +7,7 @@ arXiv 2210.02747, eq. 9 with the linear path of Liu et al. 2023, arXiv 2209.0300
    \qquad x_t = (1 - t) x_0 + t x_1 \,(+\, \sigma \varepsilon),
 
 with target ``y = x1 - x0`` (velocity parametrisation) or ``y = x1`` (x1-prediction), ``d`` the
-number of coordinates per sample (MATH.md §1). This is ``F.mse_loss`` over the batch and every
+number of coordinates per sample (Lipman et al. 2023, arXiv 2210.02747). This is ``F.mse_loss`` over the batch and every
 coordinate, exactly what :func:`causal_delta.training.train` minimises.
 """
 
