@@ -28,7 +28,8 @@ Evaluation points: ``points="path"`` (default) draws ``x_t = (1-t) x0 + t x1`` w
 
 Differences from the paper's Table 4 that the numbers reflect: the original code's analytic
 drift used ``A_k = t Σ_k S_k⁻¹`` (wrong: the drift's slope is ``A_k = (t Σ_k - (1-t) Σ_0) S_k⁻¹``,
-cf. arXiv 2602.02793 App. B.3), its finite differences were float32 with ε = 1e-6, it averaged 10 points, and its "intervention" was the
+cf. arXiv 2602.02793 App. B.3), its finite differences were float32 with ε = 1e-6, it averaged
+10 points, and its "intervention" was the
 responsibility-weighted ``Σ_k γ_k A_k``, not a fixed component.
 
 The mixture: by default the one the original release draws for its Table 4 (K = 3, d = 2,
