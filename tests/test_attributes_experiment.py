@@ -16,7 +16,7 @@ from _celeba_fixture import make_mini_celeba
 
 # Sizes that make the quick configuration run in seconds on the fabricated folder.
 TINY = ["--set", "image_size=16", "--set", 'overrides=[["base_channels", 8]]', "--set", "train_steps=30",
-        "--set", "classifier_steps=30", "--set", "n_samples=48", "--set", "chunk_size=48",
+        "--set", "classifier_steps=30", "--set", "n_samples=48", "--set", "jvp_batch_size=48",
         "--set", "solver_steps=4", "--set", "hold_fixed_samples=16", "--set", "hold_fixed_chunk=16",
         "--set", "n_boot=50", "--set", "fidelity_images=8"]
 
@@ -59,7 +59,7 @@ def test_reproduce_attributes_quick_end_to_end(mini, tmp_path, capsys):
     text = (out / "summary.md").read_text()
     assert "hold-fixed probes" in text and "generator fidelity" in text
     # reuse both trained models: a classifier without the triple's attributes is refused
-    cfg = AttributesConfig.quick(celeba_root=str(mini), image_size=16, n_samples=8, chunk_size=8, solver_steps=2,
+    cfg = AttributesConfig.quick(celeba_root=str(mini), image_size=16, n_samples=8, jvp_batch_size=8, solver_steps=2,
                                  hold_fixed_samples=4, hold_fixed_chunk=4, n_boot=10, fidelity_images=4,
                                  flow_checkpoint=str(out / "train"), classifier_checkpoint=str(out / "classifier"),
                                  pair=("Pointy_Nose", "Smiling"))

@@ -103,7 +103,7 @@ def test_several_probes_per_sample_match_single_probes():
     x0, z = _randn(5, 3, seed=12), _randn(5, 4, 3, seed=13)
     single = torch.stack([J.jvp_forward(model, x0, z[:, p], steps=5).jvp for p in range(4)], 1)
     for fast in (True, False):  # repeated primal through forward_jvp / vmap over the probes
-        multi = J.jvp_forward(model, x0, z, steps=5, use_forward_jvp=fast, chunk_size=2)
+        multi = J.jvp_forward(model, x0, z, steps=5, use_forward_jvp=fast, batch_size=2)
         assert multi.jvp.shape == (5, 4, 3)
         assert (multi.jvp - single).abs().max() < 1e-12
     fd = J.jvp_fd(model, x0, z, steps=5)
@@ -276,5 +276,7 @@ def test_bad_input_errors_are_named():
         J.jvp_forward(lambda x, t: x, x0, z, use_forward_jvp=True)
     with pytest.raises(ValueError, match="kind must be one of"):
         J.make_probes(2, (3,), kind="uniform")
-    with pytest.raises(ValueError, match="chunk_size must be an integer"):
-        J.jvp_forward(mix.velocity, x0, z, chunk_size=0)
+    with pytest.raises(ValueError, match="batch_size must be an integer"):
+        J.jvp_forward(mix.velocity, x0, z, batch_size=0)
+    with pytest.warns(FutureWarning, match="chunk_size"):  # the former name still works
+        J.jvp_forward(mix.velocity, x0, z, steps=2, chunk_size=1)

@@ -78,7 +78,7 @@ def test_pixel_pair_mapping_and_region():
 def test_pixels_quick_on_digits(tmp_path):
     pytest.importorskip("sklearn", reason="needs scikit-learn (the vision extra)")
     config_cls, run = get_experiment("pixels")
-    cfg = config_cls.quick(train_steps=60, n_samples=64, chunk_size=32, solver_steps=5, n_boot=20)
+    cfg = config_cls.quick(train_steps=60, n_samples=64, jvp_batch_size=32, solver_steps=5, n_boot=20)
     report = run(cfg, tmp_path, progress=False)
     _check_outputs(tmp_path, report, "pixels")
     res = report["results"]
@@ -138,7 +138,7 @@ def test_cli_all_quick_minimal(tmp_path, capsys):
     pytest.importorskip("sklearn", reason="pixels runs on scikit-learn's digits (the vision extra)")
     rc = cli.main(["reproduce", "all", "--quick", "--out", str(tmp_path), "--no-progress",
                    "--set", "train_steps=30", "--set", "n_points=50", "--set", "n_samples=32",
-                   "--set", "chunk_size=32", "--set", "n_probe=200", "--set", "n_boot=10",
+                   "--set", "jvp_batch_size=32", "--set", "n_probe=200", "--set", "n_boot=10",
                    "--set", "solver_steps=4", "--set", "n_eval=50"])
     assert rc == 0
     index = json.loads((tmp_path / "report.json").read_text())

@@ -61,7 +61,7 @@ def tail_share(x: Tensor, fraction: float = 0.01) -> float:
 def normalise_rows(dy: Tensor) -> Tensor:
     """``Δy / ‖Δy‖`` per row (rows of norm 0 stay 0)."""
     norm = dy.norm(dim=1, keepdim=True)
-    return torch.where(norm > 0, dy / norm.clamp_min(1e-300), torch.zeros_like(dy))
+    return torch.where(norm > 0, dy / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(dy))
 
 
 def trim_rows(dy: Tensor, keep: float = 0.99) -> Tensor:

@@ -82,7 +82,7 @@ class AttributesConfig(C.SizedConfig):
         classifier_arch, classifier_weights, classifier_steps, classifier_batch_size,
         classifier_lr: classifier training (weights: a local ImageNet file for the ResNet).
         method, solver_steps: ODE solver of the generator and its JVP.
-        n_samples: ``(x0, z)`` pairs; chunk_size: samples per JVP call.
+        n_samples: ``(x0, z)`` pairs; jvp_batch_size: samples per JVP call.
         condition_quantile: kept fraction when conditioning on small ``|Δy_k|``.
         sweep_quantiles: kept fractions of the threshold sweep.
         hold_fixed_samples, hold_fixed_chunk: samples (and per-call batch) of the hold-fixed
@@ -117,7 +117,7 @@ class AttributesConfig(C.SizedConfig):
     method: str = "midpoint"
     solver_steps: int = 50
     n_samples: int = 10_000
-    chunk_size: int = 100
+    jvp_batch_size: int = 100
     condition_quantile: float = 0.17
     sweep_quantiles: tuple[float, ...] = (1.0, 0.5, 0.3, 0.17, 0.1, 0.05)
     hold_fixed_samples: int = 1_000
@@ -134,7 +134,7 @@ class AttributesConfig(C.SizedConfig):
         classifier_attributes=("Heavy_Makeup", "Pointy_Nose", "Rosy_Cheeks"), image_size=32, limit=5000,
         eval_limit=1000, preset="unet-small", overrides=(("base_channels", 8),), lr=2e-3, train_steps=1000,
         batch_size=32, ema_decay=None, classifier_arch="small-cnn", classifier_steps=300, classifier_batch_size=64,
-        classifier_lr=3e-3, solver_steps=10, n_samples=500, chunk_size=250, hold_fixed_samples=200,
+        classifier_lr=3e-3, solver_steps=10, n_samples=500, jvp_batch_size=250, hold_fixed_samples=200,
         hold_fixed_chunk=25, fidelity_images=500, n_boot=200, device="cpu", size="quick")
 
 
@@ -287,11 +287,12 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
             x0 = torch.randn(config.n_samples, *event, generator=gen)
             z = make_probes(config.n_samples, event, probes=1, normalize=True, generator=gen)[:, 0]
         dys, gens, outs = [], [], []
-        chunks = range(0, config.n_samples, config.chunk_size)
+        chunks = range(0, config.n_samples, config.jvp_batch_size)
         for s in C.progress(chunks, desc="attributes: JVP of classifier∘flow", enabled=progress):
-            res = attribute_jvp(flow, x0[s: s + config.chunk_size].to(device), z[s: s + config.chunk_size].to(device),
+            e = s + config.jvp_batch_size
+            res = attribute_jvp(flow, x0[s:e].to(device), z[s:e].to(device),
                                 classifier=clf, method=config.method, steps=config.solver_steps,
-                                batch_size=config.chunk_size)
+                                batch_size=config.jvp_batch_size)
             dys.append(res.responses.cpu())
             gens.append(res.samples.cpu())
             outs.append(res.outputs.cpu())
@@ -332,7 +333,7 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
                             "kept": cond.kept, "n": int(dy.shape[0])},
             "hold_fixed": {**_boot_pair(dy_hf, config), "n": int(dy_hf.shape[0]),
                            "residual_rms_ratio_common_cause": _rms(dy_hf[:, 0]) / max(_rms(dy[:n_hf, 0]), 1e-300)},
-            "robust": {"row_normalised": _boot_pair(dy / norms.clamp_min(1e-300), config),
+            "robust": {"row_normalised": _boot_pair(dy / norms.clamp_min(torch.finfo(norms.dtype).tiny), config),
                        "trimmed_top_1pct": _boot_pair(dy[keep], config)},
             "top_1pct_share_of_second_moment": {
                 **{name: top_share(dy[:, c]) for c, name in enumerate(triple)},

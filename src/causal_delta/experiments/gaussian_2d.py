@@ -111,7 +111,7 @@ def run_gaussian_2d(config: Gaussian2DConfig, out_dir: str | os.PathLike, *,
                                  progress=progress)
     method, steps = solver["method"], solver["steps"]
     with timer("jvp"):
-        res = jvp_forward(model, x0, z, method=method, steps=steps, chunk_size=2048)
+        res = jvp_forward(model, x0, z, method=method, steps=steps, batch_size=2048)
         delta = res.jvp.double().numpy()
         samples = res.x.double().numpy()
     with timer("jacobian"):

@@ -78,7 +78,7 @@ class PixelsConfig(C.SizedConfig):
         lr, train_steps, batch_size, ema_decay, device: training (AdamW).
         method, solver_steps: ODE solver of the generator (and its JVP).
         n_samples: number of ``(x0, z)`` pairs.
-        chunk_size: samples per JVP integration call.
+        jvp_batch_size: samples per JVP integration call.
         pixel_pair: the pair in 28x28 coordinates (mapped to the image size, see module doc).
         region: side of the square of pixels whose every pair is compared.
         n_boot: bootstrap replicates.
@@ -101,7 +101,7 @@ class PixelsConfig(C.SizedConfig):
     method: str = "midpoint"
     solver_steps: int = 50
     n_samples: int = 1000
-    chunk_size: int = 250
+    jvp_batch_size: int = 250
     pixel_pair: tuple = PAPER_PAIR
     region: int = 8
     n_boot: int = 200
@@ -112,7 +112,7 @@ class PixelsConfig(C.SizedConfig):
     # Full size: the paper's model and training sizes, on Fashion-MNIST (MNIST with dataset="mnist").
     QUICK: ClassVar[dict[str, Any]] = dict(dataset="digits", preset="unet-small", overrides=(("base_channels", 16),),
                                               lr=2e-3, train_steps=2000, batch_size=64, device="cpu", solver_steps=20,
-                                              n_samples=1000, chunk_size=500, n_boot=200, size="quick")
+                                              n_samples=1000, jvp_batch_size=500, n_boot=200, size="quick")
 
 
 def map_pixel_pair(pair, height: int, width: int, ref: int = 28) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -186,10 +186,10 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
         z = torch.randn(config.n_samples, C_, H, W, generator=gen)
     with timer("jvp"):
         xs, dxs = [], []
-        chunks = range(0, config.n_samples, config.chunk_size)
+        chunks = range(0, config.n_samples, config.jvp_batch_size)
         for s in C.progress(chunks, desc="pixels: JVP through the solver", enabled=progress):
-            res = jvp_forward(flow, x0[s: s + config.chunk_size].to(device),
-                              z[s: s + config.chunk_size].to(device),
+            res = jvp_forward(flow, x0[s: s + config.jvp_batch_size].to(device),
+                              z[s: s + config.jvp_batch_size].to(device),
                               method=config.method, steps=config.solver_steps)
             xs.append(res.x.cpu())
             dxs.append(res.jvp.cpu())

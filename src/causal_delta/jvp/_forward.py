@@ -166,10 +166,11 @@ def jvp_forward(
     method: str = "rk4",
     steps: int = 100,
     grid: Tensor | None = None,
-    chunk_size: int | None = None,
+    batch_size: int | None = None,
     use_forward_jvp: bool | None = None,
     atol: float = 1e-6,
     rtol: float = 1e-6,
+    chunk_size: int | None = None,
 ) -> GeneratorJVP:
     r"""Exact JVP :math:`J_f(x_0) z` of the *discretised* generator by forward mode.
 
@@ -186,7 +187,8 @@ def jvp_forward(
         z: probes ``(B, *event)`` or ``(B, P, *event)``.
         method, steps, grid: solver; ``dopri5`` without grid chooses its grid on the primal ``x0``
             (all chunks share it).
-        chunk_size: samples per integration call (each with its ``P`` probes); default all.
+        batch_size: samples per integration call (each with its ``P`` probes); default all.
+            (``chunk_size``, its former name, still works and warns.)
         use_forward_jvp: ``None`` (use the model's ``forward_jvp`` if present), ``True``
             (require it), ``False`` (always ``torch.func.jvp``).
 
@@ -198,14 +200,19 @@ def jvp_forward(
     _check_method(method)
     P = _probe_layout(x0, z)
     if chunk_size is not None:
-        check_positive_int("chunk_size", chunk_size)
+        import warnings
+
+        warnings.warn("jvp_forward(chunk_size=) is deprecated; use batch_size=", FutureWarning, stacklevel=2)
+        batch_size = chunk_size if batch_size is None else batch_size
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
     _warn_training(velocity, "velocity")
     z = z.to(dtype=x0.dtype, device=x0.device)
     B = x0.shape[0]
     event = tuple(x0.shape[1:])
     grid, nfe_grid = _resolve_grid(velocity, x0, method, steps, grid, atol, rtol)
     zf = z.reshape(B, P, *event)
-    chunk = B if chunk_size is None else chunk_size
+    chunk = B if batch_size is None else batch_size
     xs, dxs = [], []
     nfe = nfe_total = nfe_grid
     load_forward_ad()
@@ -234,14 +241,14 @@ def generator_jvp(
     method: str = "rk4",
     steps: int = 100,
     grid: Tensor | None = None,
-    chunk_size: int | None = None,
+    batch_size: int | None = None,
 ) -> GeneratorJVP:
     """:func:`jvp_forward` (``mode="forward"``) or :func:`jvp_fd` (``"fd"``, ``"central"``)."""
     _check_mode(mode)
     if mode == "forward":
         if eps is not None:
             _check_eps(eps)
-        return jvp_forward(velocity, x0, z, method=method, steps=steps, grid=grid, chunk_size=chunk_size)
+        return jvp_forward(velocity, x0, z, method=method, steps=steps, grid=grid, batch_size=batch_size)
     return jvp_fd(velocity, x0, z, eps=eps, mode=mode, method=method, steps=steps, grid=grid)
 
 
@@ -252,7 +259,7 @@ def jacobian(
     method: str = "rk4",
     steps: int = 100,
     grid: Tensor | None = None,
-    chunk_size: int | None = None,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Full Jacobian of the discretised generator, ``(B, d, d)`` with ``d = prod(event)``.
 
@@ -266,6 +273,6 @@ def jacobian(
     d = math.prod(event)
     eye = torch.eye(d, dtype=x0.dtype, device=x0.device).reshape(d, *event)
     z = eye.unsqueeze(0).expand(B, d, *event)
-    res = jvp_forward(velocity, x0, z, method=method, steps=steps, grid=grid, chunk_size=chunk_size)
+    res = jvp_forward(velocity, x0, z, method=method, steps=steps, grid=grid, batch_size=batch_size)
     # res.jvp[b, j] = J[b] e_j  ->  column j
     return res.jvp.reshape(B, d, d).transpose(1, 2)
