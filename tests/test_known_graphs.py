@@ -31,7 +31,8 @@ from causal_delta.graphs.pc import pc_labels
 @pytest.fixture(scope="module")
 def tabular_twin(tmp_path_factory):
     """Fork, chain and collider at three seeds, plus the five-node graph at one (test scale)."""
-    kw = dict(tabular_steps=400, tabular_probes=1000, n_rows=2000, image_graphs=(), n_boot=100)
+    # the memorisation line is checked by test_reproduce_quick_writes_its_files; here it would cost minutes
+    kw = dict(tabular_steps=400, tabular_probes=1000, n_rows=2000, image_graphs=(), n_boot=100, memorisation=False)
     motifs = KnownGraphsConfig.quick(tabular_graphs=("fork", "chain", "collider"), tabular_seeds=(0, 1, 2), **kw)
     five = KnownGraphsConfig.quick(tabular_graphs=("five",), tabular_seeds=(0,), **kw)
     return [r for cfg in (motifs, five)
