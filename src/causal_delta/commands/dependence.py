@@ -167,26 +167,9 @@ def run(args: argparse.Namespace) -> int:
     boot = D.bootstrap(dy, n_boot=c.n_boot, level=c.level, seed=c.seed, groups=groups,
                        interval=c.interval)
     centred = D.correlation(dy, centered=True)
-    rep: dict = {
-        "command": "dependence",
-        "config": config_to_dict(c),
-        "responses_file": str(path),
-        "n_responses": int(dy.shape[0]),
-        "features": names,
-        "estimator": "Corr = D^-1/2 S D^-1/2, S = E[dy dy^T] (uncentred, the paper's)",
-        "corr": boot.estimate,
-        "ci_lower": boot.lower,
-        "ci_upper": boot.upper,
-        "se": boot.se,
-        "level": c.level,
-        "n_boot": c.n_boot,
-        "interval": boot.interval,
-        "seed": c.seed,
-        "bootstrap_groups": "samples" if groups is not None else "rows",
-        "corr_centred_pearson": centred,
-        "n_samples": n_samples,
-        "truth_corr": truth,
-    }
+    rep = _report(c, path, boot, names, n_responses=int(dy.shape[0]), n_boot=c.n_boot, seed=c.seed,
+                  groups="samples" if groups is not None else "rows", centred=centred, n_samples=n_samples,
+                  truth=truth)
     _heatmap(boot.estimate.numpy(), names, out / "corr.png", "uncentred JVP correlation")
 
     if c.condition_on is not None:
@@ -206,6 +189,32 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(boot, names, n_samples, truth))
     print(f"wrote {out / 'report.json'} and {out / 'corr.png'}")
     return 0
+
+
+def _report(c, path, boot, names, *, n_responses: int, n_boot: int, seed: int, groups: str, centred, n_samples: int,
+            truth, source: str | None = None, bootstrap: str | None = None) -> dict:
+    """The report's entries common to raw responses and streamed moments (``source`` and
+    ``bootstrap`` describe the moments route)."""
+    rep: dict = {"command": "dependence", "config": config_to_dict(c), "responses_file": str(path)}
+    if source is not None:
+        rep["source"] = source
+    rep.update({
+        "n_responses": n_responses,
+        "features": names,
+        "estimator": "Corr = D^-1/2 S D^-1/2, S = E[dy dy^T] (uncentred, the paper's)",
+        "corr": boot.estimate,
+        "ci_lower": boot.lower,
+        "ci_upper": boot.upper,
+        "se": boot.se,
+        "level": c.level,
+        "n_boot": n_boot,
+        "interval": boot.interval,
+    })
+    if bootstrap is not None:
+        rep["bootstrap"] = bootstrap
+    rep.update({"seed": seed, "bootstrap_groups": groups, "corr_centred_pearson": centred,
+                "n_samples": n_samples, "truth_corr": truth})
+    return rep
 
 
 def _check_condition_on(k: int, m: int) -> int:
@@ -294,28 +303,11 @@ def _run_moments(c: DependenceConfig, path, data) -> int:
         truth = None
     out = Path(c.out)
     boot = acc.bootstrap(level=c.level, n_boot=c.n_boot)
-    rep: dict = {
-        "command": "dependence",
-        "responses_file": str(path),
-        "source": "moments (streamed sums of `jvp --moments-only`)",
-        "config": config_to_dict(c),
-        "n_responses": acc.n,
-        "features": names,
-        "estimator": "Corr = D^-1/2 S D^-1/2, S = E[dy dy^T] (uncentred, the paper's)",
-        "corr": boot.estimate,
-        "ci_lower": boot.lower,
-        "ci_upper": boot.upper,
-        "se": boot.se,
-        "level": c.level,
-        "n_boot": boot.n_boot,
-        "interval": boot.interval,
-        "bootstrap": "online: Poisson(1) weight per sample, hashed from (seed, sample index)",
-        "seed": acc.seed,
-        "bootstrap_groups": "samples" if probes > 1 else "rows",
-        "corr_centred_pearson": acc.correlation(centered=True),
-        "n_samples": n_samples,
-        "truth_corr": truth,
-    }
+    rep = _report(c, path, boot, names, n_responses=acc.n, n_boot=boot.n_boot, seed=acc.seed,
+                  groups="samples" if probes > 1 else "rows", centred=acc.correlation(centered=True),
+                  n_samples=n_samples, truth=truth,
+                  source="moments (streamed sums of `jvp --moments-only`)",
+                  bootstrap="online: Poisson(1) weight per sample, hashed from (seed, sample index)")
     _heatmap(boot.estimate.numpy(), names, out / "corr.png", "uncentred JVP correlation")
     if c.condition_on is not None:
         k = _check_condition_on(c.condition_on, m)
