@@ -294,9 +294,9 @@ def choose_steps(
     trials: dict[str, dict] = {}
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import progress_bar  # tqdm is optional for library users
 
-        bar = tqdm(desc="choosing solver steps", unit="check", leave=False)
+        bar = progress_bar(desc="choosing solver steps", unit="check", leave=False)
     for method in methods:
         rows, steps, stopped = [], start, "cap"
         while True:

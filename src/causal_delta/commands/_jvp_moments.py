@@ -46,14 +46,6 @@ def draw(seed: int, start: int, stop: int, event, *, probes: int, kind: str, nor
             _rng.probes(seed, rows, event, probes=probes, kind=kind, normalize=normalize))
 
 
-def _progress(total: int):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional for library users
-        return None
-    return tqdm(total=total, desc="jvp (moments)", unit="sample")
-
-
 def run(args: argparse.Namespace, *, velocity, classifier, features, names, event, dtype, info, clf_info,
         truth) -> int:
     """Stream ``-n`` samples through the generator into ``moments.npz`` and ``report.json`` under ``--out``."""
@@ -95,7 +87,10 @@ def run(args: argparse.Namespace, *, velocity, classifier, features, names, even
     n_pilot = min(n, PILOT_SAMPLES)
     starts = list(range(n_pilot, n, args.batch_size))[rank::world]
     start_time = time.perf_counter()
-    bar = _progress((n_pilot if rank == 0 else 0) + sum(min(s + args.batch_size, n) - s for s in starts))
+    from .._progress import progress_bar  # tqdm is optional for library users
+
+    bar = progress_bar(total=(n_pilot if rank == 0 else 0) + sum(min(s + args.batch_size, n) - s for s in starts),
+                       desc="jvp (moments)", unit="sample")
     pilot, dy, index = responses(0, n_pilot, None)  # the pilot fixes the grid (dopri5) and the thresholds
     grid, nfe_total, m = pilot.grid, pilot.nfe_total, dy.shape[1]
     k, thresholds = args.condition_on, torch.empty(0, dtype=torch.float64)
@@ -107,17 +102,14 @@ def run(args: argparse.Namespace, *, velocity, classifier, features, names, even
                             quantiles=quantiles if k is not None else None)
     if rank == 0:
         acc.update(dy, index=index)
-        if bar is not None:
-            bar.update(n_pilot)
+        bar.update(n_pilot)
     for s in starts:
         e = min(s + args.batch_size, n)
         res, dy, index = responses(s, e, grid)
         acc.update(dy, index=index)
         nfe_total += res.nfe_total
-        if bar is not None:
-            bar.update(e - s)
-    if bar is not None:
-        bar.close()
+        bar.update(e - s)
+    bar.close()
     if sharded:
         acc.all_reduce()
         nccl = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
