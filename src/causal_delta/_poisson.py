@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ._validation import check_positive_int
 
-__all__ = ["poisson_weights", "derive_seed", "check_seed"]
+__all__ = ["poisson_weights", "check_seed"]
 
 _F64 = torch.float64
 _GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)  # SplitMix64 constants as signed int64
@@ -68,14 +68,6 @@ def poisson_weights(seed: int, index: Tensor, n_boot: int) -> Tensor:
     h = _splitmix64(keys.unsqueeze(1) ^ idx.unsqueeze(0))
     u = _shr(h, 11).to(_F64) * 2.0**-53
     return torch.searchsorted(_poisson_cdf(), u, right=True).to(_F64)
-
-
-def derive_seed(seed: int, counter: int) -> int:
-    """A seed in ``[0, 2⁶³)`` for ``torch.Generator.manual_seed`` from ``(seed, counter)``:
-    ``sm(sm(seed) ⊕ counter)`` with its top bit cleared (independent streams per counter)."""
-    check_seed(seed)
-    h = _splitmix64(_splitmix64(torch.tensor([seed], dtype=torch.int64)) ^ int(counter))
-    return int(h) & ((1 << 63) - 1)
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,13 +16,12 @@ or ``.safetensors``), loaded strictly. The module is wrapped by
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Literal
 
 from ..config import option
 
-__all__ = ["FlowSource", "load_velocity", "load_factory", "load_weights", "parse_event_shape"]
+__all__ = ["FlowSource", "load_velocity", "load_factory", "load_weights"]
 
 # models.adapter.SIGNATURES / TIME_FORMS, spelled out here because building the parser must not import
 # torch (`causal-delta --help` answers at once); tests/test_byo_model.py checks they agree.
@@ -54,17 +53,6 @@ class FlowSource:
     event_shape: tuple[int, ...] | None = option(
         None, metavar="D[,D...]", help="with --model: shape of one sample, e.g. 2 or 1,28,28 (default: the "
                                       "module's event_shape attribute)")
-
-
-def parse_event_shape(text: str) -> tuple[int, ...]:
-    """``"1,28,28"`` -> ``(1, 28, 28)``; ``ValueError`` naming ``--event-shape`` otherwise."""
-    try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"--event-shape must be comma-separated positive integers (e.g. 2 or 1,28,28), got {text!r}")
-    return shape
 
 
 def load_factory(spec: str):
@@ -135,22 +123,16 @@ def load_weights(module, path: str) -> None:
                          f"{' '.join(str(exc).split())}") from exc
 
 
-def _build(args: argparse.Namespace):
+def _build(args: FlowSource):
     """The user's module wrapped by ``as_velocity`` and the ``info`` dict of ``load_velocity``."""
-    import json
-
     from torch import nn
 
     from ..models.adapter import as_velocity
 
-    kwargs = args.model_args or {}
-    if isinstance(kwargs, str):  # a namespace from another parser: the JSON text
-        try:
-            kwargs = json.loads(kwargs)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--model-args must be a JSON object, got {args.model_args!r} ({exc})") from None
+    kwargs = args.model_args or {}  # parsed from JSON by the config
     if not isinstance(kwargs, dict):
         raise ValueError(f"--model-args must be a JSON object, got {args.model_args!r}")
+    assert args.model is not None  # load_velocity calls this only with --model
     factory = load_factory(args.model)
     try:
         module = factory(**kwargs)
@@ -161,8 +143,7 @@ def _build(args: argparse.Namespace):
     if args.weights is not None:
         load_weights(module, args.weights)
     if args.event_shape is not None:
-        event = (parse_event_shape(args.event_shape) if isinstance(args.event_shape, str)
-                 else tuple(int(d) for d in args.event_shape))
+        event = tuple(int(d) for d in args.event_shape)
         if not event or any(d < 1 for d in event):
             raise ValueError(f"--event-shape must be positive integers (e.g. 2 or 1,28,28), got {args.event_shape}")
     else:
@@ -189,13 +170,15 @@ def _build(args: argparse.Namespace):
     return velocity, info
 
 
-def load_velocity(args: argparse.Namespace, *, use_ema: bool = True, device=None):
+def load_velocity(args: FlowSource, *, use_ema: bool = True, device=None):
     """``(velocity, info)`` from ``--checkpoint`` or ``--model``, as :func:`~causal_delta.checkpoint.load_flow`.
 
     With ``--model``, ``info["adapter"]`` says which signature and time form were used, and
     ``info["train_config"]`` is empty (a ``N(0, I)`` source, no recorded training data).
     """
-    if getattr(args, "model", None) is None:
+    if args.model is None:
+        if args.checkpoint is None:  # the parser's required group makes this a library caller's slip
+            raise ValueError("give --checkpoint or --model")
         for name in ("weights", "model_args", "event_shape", "signature", "time"):
             if getattr(args, name, None) is not None:
                 raise ValueError(f"--{name.replace('_', '-')} applies to --model only, not to --checkpoint")
