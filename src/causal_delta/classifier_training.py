@@ -120,6 +120,7 @@ def train_classifier(
     from .models import build_classifier
     from .training import learning_rate, resolve_device
     from .training._resume import check_resumable, find_resume, rng_state, set_rng_state
+    from .training.loop import record_step
 
     config.validate()
     start_time = time.perf_counter()
@@ -211,15 +212,9 @@ def train_classifier(
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise FloatingPointError(f"classifier loss became {value} at step {step}; lower lr")
-                losses.append(value)
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0 or step == config.steps:
-                        bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    last_ckpt = checkpoint()
-                if callback is not None:
-                    callback(step, value)
+                last_ckpt = record_step(step, value, losses, total=config.steps, bar=bar,
+                                        checkpoint_every=config.checkpoint_every, checkpoint=checkpoint,
+                                        callback=callback, last=last_ckpt)
         finally:
             if bar is not None:
                 bar.close()

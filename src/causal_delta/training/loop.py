@@ -187,6 +187,24 @@ def _rows(batch_size: int) -> slice:
     return slice(mine.start, mine.stop)
 
 
+
+def record_step(step: int, value: float, losses: list[float], *, total: int, bar, checkpoint_every: int,
+                checkpoint: Callable[[], Path], callback, last: Path | None) -> Path | None:
+    """The bookkeeping after optimisation step ``step`` (shared with the classifier trainer):
+    log the loss, move the progress bar (running mean of the last 10 losses), write a checkpoint
+    every ``checkpoint_every`` steps and call ``callback(step, value)``. Returns the newest
+    checkpoint (``last`` when none was written)."""
+    losses.append(value)
+    if bar is not None:
+        bar.update(1)
+        if step % 10 == 0 or step == total:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+    if checkpoint_every and step % checkpoint_every == 0:
+        last = checkpoint()
+    if callback is not None:
+        callback(step, value)
+    return last
+
 def train(
     model: nn.Module | TrainConfig | None = None,
     data: Any = None,
@@ -357,15 +375,9 @@ def train(
                             else:
                                 ema[k].copy_(v)
                 step += 1
-                losses.append(value)
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0 or step == config.steps:
-                        bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
-                    last_ckpt = checkpoint()
-                if callback is not None:
-                    callback(step, value)
+                last_ckpt = record_step(step, value, losses, total=config.steps, bar=bar,
+                                        checkpoint_every=config.checkpoint_every, checkpoint=checkpoint,
+                                        callback=callback, last=last_ckpt)
         except KeyboardInterrupt as exc:
             if isinstance(exc, TrainingInterrupted):
                 raise
