@@ -71,17 +71,13 @@ def standard_normal_log_prob(x: Tensor) -> Tensor:
 
 
 def _jvp_fn(velocity: Velocity) -> Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """``(x, t, dx) -> (v, J_v dx)``: the model's ``forward_jvp`` when it has one, else func.jvp."""
-    fj = getattr(velocity, "forward_jvp", None)
-    if callable(fj):
-        return fj
+    """``(x (B), t (B,), dx (B·K)) -> (v (B), J_v dx (B·K))``: the library's per-stage JVP (the
+    model's :class:`~causal_delta.jvp.ForwardJVP` when it has one, else ``torch.func.jvp``), so the
+    primal runs once for the ``K`` directions of each sample."""
+    from .jvp._forward import _stage_jvp
+
     load_forward_ad()  # torch's first forward-mode call warns otherwise
-
-    def fn(x: Tensor, t: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
-        out = torch.func.jvp(lambda y: velocity(y, t), (x,), (dx,))  # (v, dv); a third only with has_aux
-        return out[0], out[1]
-
-    return fn
+    return _stage_jvp(velocity, None)[0]
 
 
 def _rademacher(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
@@ -103,10 +99,10 @@ def _velocity_and_divergence(jvp_fn, x: Tensor, t: Tensor, probes: Tensor | None
     B = x.shape[0]
     tangents = _basis(x) if probes is None else probes
     K = tangents.shape[0] // B  # D directions or P probes per sample
-    v, dv = jvp_fn(x.repeat_interleave(K, dim=0), t.repeat_interleave(K, dim=0), tangents)
+    v, dv = jvp_fn(x.contiguous(), t, tangents)  # an expanded x would alias under forward mode
     quad = (tangents * dv).reshape(B, K, -1).sum(-1)  # e_kᵀ J e_k for each direction / probe
     div = quad.sum(1) if probes is None else quad.mean(1)
-    return v[::K], div
+    return v, div
 
 
 def divergence(velocity: Velocity, x: Tensor, t: Tensor, *, method: str = "exact", probes: int = 1,
