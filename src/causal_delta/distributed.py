@@ -15,15 +15,22 @@ identity) in a single process, so library code calls them unconditionally::
     if dist.is_main():
         write(whole)
 
+or, for the common case of per-row work gathered on every rank, ``whole = dist.map_rows(compute, n)``;
+work that one process must do alone (a classifier trained with its checkpoints, a data file
+written for the others to read) runs as ``result = dist.on_main(fn)``.
+
 What runs where: every rank computes its shard; collective calls (:func:`all_gather`,
 :func:`all_reduce`, :func:`barrier`, :func:`broadcast_object`) must be reached by every rank in
-the same order; files are written by rank 0 only (:func:`is_main`).
+the same order; files are written by rank 0 only (:func:`is_main`): the library's writers
+(:func:`causal_delta.report.atomic_write_bytes` and what uses it) write nothing on the other
+ranks, which compute the same content.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,6 +48,8 @@ __all__ = [
     "is_main",
     "launched",
     "local_rank",
+    "map_rows",
+    "on_main",
     "rank",
     "shard",
     "shutdown",
@@ -229,3 +238,80 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     tdist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def map_rows(fn: Callable[[range], Any], n: int) -> Any:
+    """``fn`` over this rank's share of ``range(n)``, its rows gathered in global order on every rank.
+
+    The per-sample loops of the experiments (``reproduce`` under ``torchrun``) and of the CLI run
+    through this: rank ``r`` calls ``fn(shard(n))`` once, and the results of all ranks are
+    concatenated along dim 0 in rank order (:func:`all_gather`), so every rank holds what
+    ``fn(range(n))`` returns in one process. The result equals the single-process one whenever
+    row ``i`` of ``fn(rows)`` depends on ``i`` only (draw inputs for all ``n`` rows on every rank
+    and slice them, or draw per index with :mod:`causal_delta._rng`), up to the floating-point
+    differences of other batch shapes.
+
+    Args:
+        fn: maps a contiguous ``range`` of global row indices to a tensor, or a tuple / list of
+            tensors, each with ``len(rows)`` rows (dim 0); tensors stay on their device (gloo
+            gathers CPU tensors, NCCL CUDA tensors).
+        n: number of rows in all, at least the number of processes (every rank gets a row).
+
+    Returns:
+        ``fn(range(n))``'s layout: a tensor ``(n, ...)``, or a tuple of them.
+
+    Example:
+        >>> import torch
+        >>> map_rows(lambda rows: torch.arange(rows.start, rows.stop) ** 2, 4)
+        tensor([0, 1, 4, 9])
+    """
+    import torch
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < world_size():
+        raise ValueError(f"n must be an integer >= the number of processes ({world_size()}), got {n!r}")
+    rows = shard(n)
+    out = fn(rows)
+    parts = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    for k, part in enumerate(parts):
+        if not isinstance(part, torch.Tensor) or part.dim() == 0 or part.shape[0] != len(rows):
+            what = f"a {type(part).__name__}" if not isinstance(part, torch.Tensor) else f"shape {tuple(part.shape)}"
+            raise ValueError(f"map_rows: fn(rows) must return tensors with len(rows) = {len(rows)} rows in dim 0; "
+                             f"result {k} has {what}")
+    gathered = tuple(all_gather(p) for p in parts)
+    return gathered if isinstance(out, (tuple, list)) else gathered[0]
+
+
+_RERAISE = (ValueError, FloatingPointError, OSError, KeyboardInterrupt)
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run by rank 0 alone; its result (picklable) is returned on every rank.
+
+    For work that one process must do and the others need the result of: a model trained with
+    its checkpoints (the others would race on the same files), a data file written for the other
+    ranks to read. The other ranks wait at the broadcast, so the call is also a barrier. In a
+    single process this is ``fn()``.
+
+    Raises:
+        Whatever ``fn`` raised, on rank 0; on the other ranks the same kind (``ValueError``,
+        ``OSError``, ``FloatingPointError``, ``KeyboardInterrupt``; else ``RuntimeError``) with
+        rank 0's message, so that every rank stops instead of waiting for a result.
+    """
+    if world_size() == 1:
+        return fn()
+    result, failure = None, None
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as exc:  # the others wait for a word; they must get one
+            failure = exc
+    word = broadcast_object((result, None if failure is None else (type(failure), str(failure))) if is_main()
+                            else None)
+    if failure is not None:
+        raise failure
+    result, error = word
+    if error is not None:
+        kind, message = error
+        base = next((k for k in _RERAISE if issubclass(kind, k)), RuntimeError)
+        raise base(f"rank 0 failed: {message}")
+    return result

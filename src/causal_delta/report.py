@@ -50,11 +50,19 @@ def to_jsonable(obj: Any) -> Any:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``).
 
+    Under ``torchrun`` with several processes only rank 0 writes; the other ranks return ``path``
+    without touching it (one writer per file: every rank computes the same report, see
+    :mod:`causal_delta.distributed`).
+
     Raises:
         OSError: naming ``path`` when it cannot be written (disk full, permission, ...); the
             previous content of ``path``, if any, is untouched.
     """
+    from .distributed import is_main
+
     path = Path(path)
+    if not is_main():
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -117,9 +125,16 @@ def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any):
 
 
 def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 120) -> Path:
-    """Save a matplotlib figure as PNG atomically (a pyplot figure is closed afterwards)."""
+    """Save a matplotlib figure as PNG atomically (a pyplot figure is closed afterwards).
+
+    Rank 0 alone renders and writes under ``torchrun`` (:func:`atomic_write_bytes`).
+    """
     import io
 
+    from .distributed import is_main
+
+    if not is_main():
+        return Path(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     if fig.canvas.manager is not None:  # made by pyplot: release it from pyplot's registry

@@ -39,6 +39,9 @@ EXPERIMENT_NAMES = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attribut
 # 'all' reproduces the Causality-Δ paper; the benchmarks beyond it run on their own.
 ALL_EXPERIMENTS = ("gaussian-1d", "gaussian-2d", "mixture", "pixels", "attributes")
 
+DISTRIBUTED = True
+"""Runs under ``torchrun``: flows train with DDP, per-sample loops split over the ranks, rank 0 writes."""
+
 __all__ = ["HELP", "DESCRIPTION", "CONFIG", "ReproduceConfig", "add_arguments", "outputs", "run", "build_config",
            "known_keys"]
 
@@ -134,10 +137,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .. import distributed as dist
     from ..experiments import get_experiment
     from ..report import write_json, write_text
 
     c = from_namespace(CONFIG, args)
+    main = dist.is_main()  # under torchrun every rank runs the experiment; rank 0 prints and writes
+    say = print if main else (lambda *a, **k: None)
     if c.threads is not None:
         if c.threads < 1:
             raise ValueError(f"--threads must be an integer >= 1, got {c.threads}")
@@ -158,17 +164,18 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         if name not in configs:
             note = "skipped: needs --celeba-root (a local CelebA folder)"
-            print(f"[attributes] {note}", file=sys.stderr)
+            say(f"[attributes] {note}", file=sys.stderr)
             index[name] = {"status": "skipped", "note": note}
             continue
         config = configs[name]
         _, fn = get_experiment(name)
         out = root / name if c.experiment == "all" else root
-        print(f"[{name}] {'quick' if c.quick else 'full'} run -> {out}", file=sys.stderr)
-        report = fn(config, out, progress=c.progress)
+        procs = f" on {dist.world_size()} processes" if dist.world_size() > 1 else ""
+        say(f"[{name}] {'quick' if c.quick else 'full'} run{procs} -> {out}", file=sys.stderr)
+        report = fn(config, out, progress=c.progress and main)
         seconds = report.get("timings_s", {}).get("total")
         line = _headline(report)
-        print(f"[{name}] done in {seconds:.1f} s: {line}")
+        say(f"[{name}] done in {seconds:.1f} s: {line}")
         index[name] = {"status": "done", "out": str(out), "seconds": seconds,
                        "headline": report.get("results", {}).get("headline", {})}
     if c.experiment == "all":
@@ -185,5 +192,5 @@ def run(args: argparse.Namespace) -> int:
             else:
                 lines.append(f"| {name} | skipped | | {entry['note']} |")
         write_text(root / "summary.md", "\n".join(lines) + "\n")
-        print(f"all done in {total:.1f} s -> {root}")
+        say(f"all done in {total:.1f} s -> {root}")
     return 0

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from .. import distributed as _dist
 from .. import report as _report
 from .._version import __version__
 
@@ -44,6 +45,8 @@ __all__ = [
     "memorisation_check",
     "memorisation_verdict",
     "choose_solver",
+    "split_rows",
+    "on_main",
 ]
 
 
@@ -253,6 +256,7 @@ def write_report(
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
+            "processes": _dist.world_size(),
         },
     }
     _report.write_json(out_dir / "report.json", report)
@@ -260,7 +264,8 @@ def write_report(
         f"# {experiment} ({paper})",
         "",
         f"causal-delta {__version__}, {'quick' if quick else 'full'} size, seed {cfg.get('seed')}, "
-        f"{timings['total']:.1f} s on {torch.get_num_threads()} CPU thread(s).",
+        f"{timings['total']:.1f} s on {torch.get_num_threads()} CPU thread(s)"
+        + (f" in each of {_dist.world_size()} processes (torchrun)." if _dist.world_size() > 1 else "."),
         "",
     ]
     figs = ["", "Figures: " + ", ".join(f"`{f}`" for f in figures)] if figures else []
@@ -382,6 +387,44 @@ def memorisation_verdict(numbers: Mapping[str, Any]) -> str:
     pr, nr = float(pr), int(numbers["n_train"])
     se = math.sqrt(pg * (1 - pg) / ng + pr * (1 - pr) / nr)
     return "memorised" if pg - pr > max(MEMORISED_MARGIN, 3 * se) else "not memorised"
+
+def split_rows(fn: Callable[..., Any], *tensors: torch.Tensor) -> Any:
+    """``fn(*rows)`` on this rank's rows of ``tensors``, gathered in row order on every rank.
+
+    The experiments' per-sample loops (JVPs, sampling) go through this, so that under
+    ``torchrun`` each rank integrates its contiguous block of the samples
+    (:func:`causal_delta.distributed.map_rows`) while the draws stay those of one process: every
+    rank draws all of ``tensors`` from the seed and slices its block, so the report does not
+    depend on the number of processes. In one process this is ``fn(*tensors)``.
+
+    Args:
+        fn: maps slices of ``tensors`` (the same rows of each) to a tensor or a tuple of tensors
+            with one row per input row; results are gathered on the CPU.
+        tensors: inputs with the same number of rows (dim 0).
+    """
+    from .. import distributed as dist
+
+    n = len(tensors[0])
+    if any(len(t) != n for t in tensors):
+        raise ValueError(f"split_rows needs tensors with the same number of rows, got {[len(t) for t in tensors]}")
+
+    def block(rows: range):
+        out = fn(*(t[rows.start:rows.stop] for t in tensors))
+        return tuple(o.detach().cpu() for o in out) if isinstance(out, (tuple, list)) else out.detach().cpu()
+
+    return dist.map_rows(block, n)
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 alone, its result on every rank (:func:`causal_delta.distributed.on_main`).
+
+    For steps that write files the other ranks then read, or that would race on one folder: a
+    classifier trained with its checkpoints, a data file handed to the training loop.
+    """
+    from .. import distributed as dist
+
+    return dist.on_main(fn)
+
 
 def choose_solver(velocity, x0: torch.Tensor, probes: torch.Tensor, *, method: str = "auto", steps: int = 4,
                   subsample: int = 256, n_boot: int = 200, seed: int = 0, progress: bool = True,

@@ -1,0 +1,93 @@
+"""``reproduce`` under torchrun (gloo, 2 processes) gives the report of one process.
+
+Each experiment's flow trains with DDP (the same global batch, gradients averaged over the
+ranks), its per-sample loops split over the ranks (``experiments._common.split_rows``) and rank 0
+writes. So every number of ``report.json``'s ``results`` must equal the single-process run's to
+float tolerance (DDP training equals one process to float rounding, see test_distributed), and
+the files must be written once, by rank 0. One torchrun launch runs every case
+(tests/_reproduce_worker.py).
+"""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from causal_delta import cli
+
+HERE = Path(__file__).parent
+
+# experiment -> --set items: the quick size, cut further so that both runs take seconds
+CASES = {
+    "gaussian-2d": ["train_steps=60", "method=rk4", "solver_steps=6", "check_samples=64", "n_probe=600",
+                    "n_jacobian=20", "n_boot=40"],
+}
+
+RTOL, ATOL = 1e-4, 1e-6
+NUMBER = re.compile(r"([-+]?\d+\.?\d*(?:e[-+]?\d+)?)")
+
+
+def _numbers_match(a, b, where, skip_roots):
+    """Every number of ``a`` within tolerance of ``b`` (same structure); paths under the roots skipped."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            _numbers_match(a[k], b[k], f"{where}.{k}", skip_roots)
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _numbers_match(x, y, f"{where}[{i}]", skip_roots)
+    elif isinstance(a, bool) or a is None:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+    elif isinstance(a, (int, float)):
+        assert isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL), f"{where}: {a} vs {b}"
+    elif isinstance(a, str) and any(r in a for r in skip_roots):
+        pass  # a path into the run's own folder
+    elif isinstance(a, str) and isinstance(b, str):  # a sentence with printed numbers: same words, close numbers
+        pa, pb = NUMBER.split(a), NUMBER.split(b)
+        assert pa[::2] == pb[::2], f"{where}: {a!r} vs {b!r}"
+        for x, y in zip(pa[1::2], pb[1::2]):
+            assert math.isclose(float(x), float(y), rel_tol=0.02, abs_tol=1e-3), f"{where}: {a!r} vs {b!r}"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce_ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.run([*torchrun, str(HERE / "_reproduce_worker.py"), str(root / "two"), json.dumps(CASES)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name, sets in CASES.items():
+        argv = ["reproduce", name, "--quick", "--no-progress", "--out", str(root / "one" / name)]
+        for item in sets:
+            argv += ["--set", item]
+        assert cli.main(argv) == 0
+    return root, proc
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_two_processes_give_the_report_of_one(runs, name):
+    root, _ = runs
+    one = json.loads((root / "one" / name / "report.json").read_text())
+    two = json.loads((root / "two" / name / "report.json").read_text())
+    _numbers_match(one["results"], two["results"], "results", (str(root / "one"), str(root / "two")))
+    assert one["config"] == two["config"] and one["figures"] == two["figures"]
+    assert one["environment"]["processes"] == 1 and two["environment"]["processes"] == 2
+    assert "2 processes (torchrun)" in (root / "two" / name / "summary.md").read_text()
+    for fig in two["figures"]:
+        assert (root / "two" / name / fig).stat().st_size > 0
+
+
+def test_rank_0_alone_prints_and_writes(runs):
+    root, proc = runs
+    for name in CASES:
+        assert proc.stdout.count(f"[{name}] done") == 1, proc.stdout
+        assert not any(p.name.startswith(".") and p.name.endswith(".tmp") for p in (root / "two" / name).rglob("*"))
