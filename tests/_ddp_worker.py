@@ -41,9 +41,30 @@ user = train(UserNet(), torch.utils.data.TensorDataset(user_data()), small_confi
 mine = dist.shard(7)
 gathered = dist.all_gather(torch.arange(7.0)[mine.start:mine.stop] * 2)
 total = dist.all_reduce(torch.tensor([float(len(mine))]), "sum")
+# map_rows: fn sees this rank's block only; tuples gathered element-wise in global order
+blocks = []
+squares, ranks = dist.map_rows(lambda r: (blocks.append(r) or torch.arange(r.start, r.stop) ** 2,
+                                          torch.full((len(r), 2), dist.rank())), 5)
+# on_main: rank 0 alone runs it (a file the others then read); its failure stops every rank alike
+ran = []
+word = dist.on_main(lambda: ran.append(1) or {"rank": dist.rank()})
+try:
+    dist.on_main(lambda: int("not a number"))
+    failure = None
+except ValueError as exc:
+    failure = str(exc)
 if dist.is_main():
     with open(f"{root}/ddp.json", "w") as fh:
         json.dump({"world": dist.world_size(), "full": full.losses, "resumed": resumed.losses,
                    "resumed_from": resumed.resumed_from, "from_one": from_one.losses, "user": user.losses,
-                   "gathered": gathered.tolist(), "total": float(total)}, fh)
+                   "gathered": gathered.tolist(), "total": float(total), "blocks": [[b.start, b.stop] for b in blocks],
+                   "squares": squares.tolist(), "ranks": ranks.tolist(), "on_main": word, "ran": ran,
+                   "failure": failure}, fh)
+# the other rank's view, written to its own file (report writers stay quiet off rank 0)
+if not dist.is_main():
+    with open(f"{root}/ddp_rank1.json", "w") as fh:
+        json.dump({"blocks": [[b.start, b.stop] for b in blocks], "squares": squares.tolist(), "on_main": word,
+                   "ran": ran, "failure": failure}, fh)
+    from causal_delta.report import write_json
+    write_json(f"{root}/written_by_rank1.json", {"a": 1})
 dist.shutdown()

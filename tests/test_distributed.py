@@ -99,7 +99,7 @@ def runs(tmp_path_factory):
                             text=True, timeout=600, check=False)
     assert worker.returncode == 0, worker.stderr[-4000:]
     assert worker.stderr.count("causal-delta mixture: error: mixture runs in one process; launch it without "
-                               "torchrun (under torchrun: train, sample, jvp)") == 1, worker.stderr[-3000:]
+                               "torchrun (under torchrun: train, sample, jvp, reproduce)") == 1, worker.stderr[-3000:]
     assert worker.stderr.count("causal-delta mixture (rank 1): error: mixture runs in one process") == 1
     return root, single, user, json.loads((root / "ddp.json").read_text()), proc.stdout + worker.stdout
 
@@ -147,6 +147,27 @@ def test_user_module_and_dataset_train_under_ddp(runs):
 def test_gather_and_reduce_across_ranks(runs):
     _, _, _, ddp, _ = runs
     assert ddp["gathered"] == [2.0 * i for i in range(7)] and ddp["total"] == 7.0
+
+
+def test_map_rows_and_on_main_across_ranks(runs):
+    root, _, _, ddp, _ = runs
+    other = json.loads((root / "ddp_rank1.json").read_text())
+    assert ddp["blocks"] == [[0, 2]] and other["blocks"] == [[2, 5]]  # each rank computed its block only
+    assert ddp["squares"] == other["squares"] == [0, 1, 4, 9, 16]
+    assert ddp["ranks"] == [[0, 0], [0, 0], [1, 1], [1, 1], [1, 1]]
+    assert ddp["on_main"] == other["on_main"] == {"rank": 0} and ddp["ran"] == [1] and other["ran"] == []
+    assert "invalid literal" in ddp["failure"] and other["failure"].startswith("rank 0 failed: invalid literal")
+    assert not (root / "written_by_rank1.json").exists()  # report writers write on rank 0 only
+
+
+def test_map_rows_in_one_process_is_fn_of_all_rows():
+    out = dist.map_rows(lambda r: (torch.arange(r.start, r.stop), torch.ones(len(r), 3)), 4)
+    assert out[0].tolist() == [0, 1, 2, 3] and out[1].shape == (4, 3)
+    with pytest.raises(ValueError, match="rows in dim 0"):
+        dist.map_rows(lambda r: torch.ones(len(r) + 1), 4)
+    with pytest.raises(ValueError, match="n must be an integer"):
+        dist.map_rows(lambda r: torch.ones(len(r)), 0)
+    assert dist.on_main(lambda: 3) == 3
 
 
 def test_cli_under_torchrun_rank_0_writes_and_prints(runs):
