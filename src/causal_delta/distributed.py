@@ -21,9 +21,9 @@ written for the others to read) runs as ``result = dist.on_main(fn)``.
 
 What runs where: every rank computes its shard; collective calls (:func:`all_gather`,
 :func:`all_reduce`, :func:`barrier`, :func:`broadcast_object`) must be reached by every rank in
-the same order; files are written by rank 0 only (:func:`is_main`): the library's writers
-(:func:`causal_delta.report.atomic_write_bytes` and what uses it) write nothing on the other
-ranks, which compute the same content.
+the same order; files are written by rank 0 only (:func:`is_main`): the library's report
+writers (:func:`causal_delta.report.write_json`, ``write_text``, ``save_figure``) write nothing on
+the other ranks, which compute the same report.
 """
 
 from __future__ import annotations

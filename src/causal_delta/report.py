@@ -50,19 +50,11 @@ def to_jsonable(obj: Any) -> Any:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``).
 
-    Under ``torchrun`` with several processes only rank 0 writes; the other ranks return ``path``
-    without touching it (one writer per file: every rank computes the same report, see
-    :mod:`causal_delta.distributed`).
-
     Raises:
         OSError: naming ``path`` when it cannot be written (disk full, permission, ...); the
             previous content of ``path``, if any, is untouched.
     """
-    from .distributed import is_main
-
     path = Path(path)
-    if not is_main():
-        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -86,13 +78,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` (see :func:`to_jsonable`) as indented JSON, atomically."""
+    """Write ``obj`` (see :func:`to_jsonable`) as indented JSON, atomically.
+
+    A report is one per run: under ``torchrun`` with several processes only rank 0 writes it, the
+    other ranks (which compute the same report) return ``path`` without touching it. The same
+    holds for :func:`write_text` and :func:`save_figure`; :func:`atomic_write_bytes` writes on
+    every rank (e.g. per-rank shards).
+    """
+    from .distributed import is_main
+
+    if not is_main():
+        return Path(path)
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
     return atomic_write_bytes(path, (text + "\n").encode())
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (e.g. a markdown summary) atomically."""
+    """Write ``text`` (e.g. a markdown summary) atomically; rank 0 alone under ``torchrun``."""
+    from .distributed import is_main
+
+    if not is_main():
+        return Path(path)
     return atomic_write_bytes(path, text.encode())
 
 
@@ -127,7 +133,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, **kwargs: Any):
 def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     """Save a matplotlib figure as PNG atomically (a pyplot figure is closed afterwards).
 
-    Rank 0 alone renders and writes under ``torchrun`` (:func:`atomic_write_bytes`).
+    Rank 0 alone renders and writes under ``torchrun`` (see :func:`write_json`).
     """
     import io
 
