@@ -65,6 +65,21 @@ def test_jvp_with_classifier_and_finite_differences(checkpoints, tmp_path):
     assert json.loads((out / "report.json").read_text())["eps"] > 0
 
 
+def test_jvp_with_unnamed_classifier(checkpoints, tmp_path):
+    # a classifier checkpoint without class_names: its outputs are labelled "logit k"
+    # (this crashed once: the labels of coordinate features were asked of no features)
+    flow_dir, clf_dir = checkpoints
+    clf = MLPClassifier.from_config(MLPClassifierConfig(event_shape=(2, 2), n_classes=2))
+    unnamed = save_checkpoint(tmp_path / "clf", 1, model_state=clf.state_dict(),
+                              meta={"model_config": asdict(clf.config)})
+    out = tmp_path / "out"
+    rc = cli.main(["jvp", "--checkpoint", str(flow_dir), "--classifier", str(unnamed), "-n", "4",
+                   "--steps", "2", "--check-samples", "0", "--out", str(out)])
+    assert rc == 0
+    data = np.load(out / "responses.npz")
+    assert data["responses"].shape == (4, 2) and data["names"].tolist() == ["logit 0", "logit 1"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--eps", "0", "--mode", "fd"], "--eps must be > 0"),
     (["--features", "17"], r"--features index '17' must lie in \[0, 4\)"),

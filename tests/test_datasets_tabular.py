@@ -111,3 +111,25 @@ def test_integer_tables_are_not_pixels(tmp_path):
                                torch.from_numpy(pixels).float())
     with pytest.raises(ValueError, match="images must be True, False or None"):
         load_data_source(str(tmp_path / "counts.npy"), images="yes")
+
+
+def test_standardize_records_shift_and_scale(tmp_path):
+    x = np.array([[1.0, 10.0], [3.0, 30.0], [5.0, 20.0]], dtype=np.float32)
+    np.save(tmp_path / "t.npy", x)
+    assert load_data_source(str(tmp_path / "t.npy")).shift is None  # not standardised: nothing recorded
+    src = load_data_source(str(tmp_path / "t.npy"), standardize=True)
+    np.testing.assert_allclose(src.shift.numpy(), x.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(src.scale.numpy(), x.std(0, ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(src.data.numpy() * src.scale.numpy() + src.shift.numpy(), x, rtol=1e-5)
+
+
+def test_sampler_source_describe_reports_the_truth_it_has():
+    import torch
+
+    from causal_delta.datasets import SamplerSource
+
+    rep = load_data_source("gaussian", rho=0.3, mean=[1.0, -2.0]).describe()
+    assert rep["mean"] == [1.0, -2.0] and rep["corr"][0][1] == pytest.approx(0.3)
+    # a covariance without a mean (this crashed once): cov and corr, no mean
+    rep = SamplerSource(lambda n, g=None: torch.zeros(n, 2), (2,), cov=4.0 * torch.eye(2)).describe()
+    assert "mean" not in rep and rep["cov"] == [[4.0, 0.0], [0.0, 4.0]] and rep["corr"] == [[1.0, 0.0], [0.0, 1.0]]

@@ -131,6 +131,7 @@ def test_cli_diagnose_errors(tmp_path, capsys):
     cases = [(["--train-data", str(tmp_path / "wide.npy")], "event shape"),
              (["--t-grid", "2"], r"times in \[0, 1\]"),
              (["--train-data", str(tmp_path / "none.npy")], "not found"),
+             (["--train-data", "gaussian"], "not a finite data set"),  # a sampler: crashed once
              (["--steps", "0"], "--steps"),
              (["--n-fresh", "-1"], "--n-fresh")]
     for extra, message in cases:

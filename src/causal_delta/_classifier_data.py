@@ -82,9 +82,10 @@ def _load_data(cfg: Any, images: Any, targets: Any, *, progress: bool | None = N
         from .datasets.celeba import load_celeba
 
         kw = {"attributes": cfg.attributes, "size": cfg.image_size, "progress": progress}
-        tr = load_celeba(cfg.celeba_root, split="train", limit=cfg.limit, **kw)
-        ev = load_celeba(cfg.celeba_root, split="valid", limit=cfg.eval_limit, **kw)
-        return _Data(tr.images, tr.labels, ev.images, ev.labels, tr.attributes, f"celeba:{tr.source}")
+        train = load_celeba(cfg.celeba_root, split="train", limit=cfg.limit, **kw)
+        valid = load_celeba(cfg.celeba_root, split="valid", limit=cfg.eval_limit, **kw)
+        return _Data(train.images, train.labels, valid.images, valid.labels, train.attributes,
+                     f"celeba:{train.source}")
     names = None
     if cfg.data == "tensors":
         if images is None or targets is None:

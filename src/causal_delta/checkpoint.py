@@ -325,8 +325,9 @@ def load_flow(path: str | os.PathLike, use_ema: bool = True, device: str | torch
     if not model_config:
         raise CheckpointError(f"checkpoint file {ckpt.path / _META} has no model_config")
     model = model_from_config(model_config)
-    used_ema = bool(use_ema and ckpt.ema_state is not None)
-    state = ckpt.ema_state if used_ema else ckpt.model_state
+    ema = ckpt.ema_state if use_ema else None
+    used_ema = ema is not None
+    state = ema if ema is not None else ckpt.model_state
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -44,6 +44,11 @@ from ._classifier_data import _fingerprint, _load_data, read_npz
 from ._classifier_report import _summary, evaluate_classifier, roc_auc
 from .models.readout import HEADS, AttributeClassifier
 from .train_config import ClassifierTrainConfig
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from .models.classifier import ResNetClassifier
 
 __all__ = [
     "HEADS",
@@ -150,8 +155,8 @@ def train_classifier(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         net = build_classifier(config.arch, event_shape, m, **config.model_args)
-        if config.weights_path is not None:
-            net.load_backbone(config.weights_path)
+        if config.weights_path is not None:  # ClassifierTrainConfig allows weights for the ResNets only
+            cast("ResNetClassifier", net).load_backbone(config.weights_path)
         net = net.to(device)
         generator = torch.Generator().manual_seed(config.seed)
         optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -171,7 +176,7 @@ def train_classifier(
         def checkpoint() -> Path:
             meta = {
                 "classifier_config": config.to_dict(),
-                "model_config": asdict(net.config),
+                "model_config": asdict(cast("DataclassInstance", net.config)),  # each arch's config dataclass
                 "event_shape": list(event_shape),
                 "head": config.head,
                 "attributes": list(data.attributes),

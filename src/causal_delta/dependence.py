@@ -239,6 +239,7 @@ def _threshold(dy: Tensor, k: int, threshold: float | None, quantile: float | No
         if not t > 0:
             raise ValueError(f"threshold must be > 0, got {threshold!r}")
         return t
+    assert quantile is not None  # exactly one of the two was given
     q = float(quantile)
     if not 0.0 < q <= 1.0:
         raise ValueError(f"quantile must lie in (0, 1], got {quantile!r}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -196,8 +197,8 @@ def discretisation_check(
     if N < 2:
         raise ValueError(f"steps must be >= 2 for the discretisation check (it halves them), got {N}")
     coarse_grid = _halve(fine_grid)
-    kw = {"classifier": classifier, "features": features, "mode": mode, "eps": eps, "method": method,
-          "batch_size": batch_size}
+    kw: dict[str, Any] = {"classifier": classifier, "features": features, "mode": mode, "eps": eps,
+                          "method": method, "batch_size": batch_size}  # attribute_jvp's keywords, shared
     # the subsample first: attribute_jvp checks the probes' shape before it is used here
     coarse_resp = attribute_jvp(velocity, x0[:k], probes[:k], grid=coarse_grid, **kw).responses.detach().double()
     P = 1 if probes.ndim == x0.ndim else probes.shape[1]
@@ -324,5 +325,6 @@ def choose_steps(
     if bar is not None:
         bar.close()
     chosen = best if best is not None else closest
+    assert chosen is not None  # methods is not empty, and each method's first check set best or closest
     return StepChoice(method=chosen.method, steps=chosen.steps, nfe=chosen.nfe, passed=best is not None,
                       check=chosen, trials=trials)

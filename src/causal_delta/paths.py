@@ -26,11 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
 
 from ._validation import check_nonnegative
+
+if TYPE_CHECKING:
+    from .jvp import ForwardJVP
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -227,7 +231,8 @@ class VelocityField(nn.Module):
         return to_velocity(self.model(x, t), x, t, self.parametrization, t_eps=self.t_eps)
 
     def _forward_jvp(self, x: Tensor, t: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
-        g, dg = self.model.forward_jvp(x, t, dx)  # dx, dg: (B·P, *event), P tangents per sample
+        # reached only through forward_jvp, which checked the model has one
+        g, dg = cast("ForwardJVP", self.model).forward_jvp(x, t, dx)  # dx, dg: (B·P, *event), P tangents per sample
         if self.parametrization == "velocity":
             return g, dg
         denom = _expand_time(1.0 - t, x).clamp_min(self.t_eps)

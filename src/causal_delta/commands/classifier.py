@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from ..config import add_dataclass_arguments, config_to_dict, from_namespace, option
 from ..train_config import ClassifierTrainConfig
+
+if TYPE_CHECKING:
+    from ..models.classifier import ImageClassifier, MLPClassifier, ResNetClassifier
 
 __all__ = ["HELP", "DESCRIPTION", "CONFIG", "ClassifierCommandConfig", "ClassifierEvaluateConfig", "add_arguments",
            "outputs", "run"]
@@ -88,7 +91,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         if not args.celeba_root:
             raise ValueError("--data celeba needs --celeba-root DIR")
-        size = tuple(clf.net.config.event_shape[1:])
+        net = cast("ImageClassifier | MLPClassifier | ResNetClassifier", clf.net)  # build_classifier's archs
+        size = tuple(net.config.event_shape[1:])
         data = load_celeba(args.celeba_root, split=args.split, attributes=names, size=size, limit=args.limit)
         images, targets, source = data.images, data.labels, f"celeba:{data.source}:{args.split}"
     else:

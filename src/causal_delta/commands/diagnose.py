@@ -89,6 +89,9 @@ def load_training_set(path: str | None, info: dict):
             pairs = load_pairs(p)
             return pairs.x0, pairs.x1
         src = load_data_source(str(p))
+        if not isinstance(src, TensorSource):  # a registered name such as "gaussian" is no data set
+            raise ValueError(f"--train-data must be a file of training data (.npy, .csv, .pt, .npz or an "
+                             f"image folder), got {path!r}, which is not a finite data set")
     else:
         cfg = info["train_config"]
         if "data" not in cfg:

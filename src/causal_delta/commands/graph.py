@@ -102,13 +102,12 @@ def _resolve_attributes(spec: tuple[str, ...] | None, known: list[str]) -> list[
 
 def _load_readout(path: str, use_ema: bool):
     """``(module, all attribute names or None, info)`` of a classifier checkpoint."""
+    # classifier_training.load_classifier: H1's loader for its classifier checkpoints;
+    # TODO(lead): keep only one loader once merged
     from ..checkpoint import load_checkpoint
+    from ..classifier_training import load_classifier
 
-    try:  # H1's loader for its classifier checkpoints; TODO(lead): keep only one loader once merged
-        from ..classifier_training import load_classifier
-    except ImportError:
-        load_classifier = None
-    if load_classifier is not None and "classifier_config" in load_checkpoint(path).meta:
+    if "classifier_config" in load_checkpoint(path).meta:
         clf = load_classifier(path)
         return clf, list(clf.attributes), {"path": str(path), "loader": "classifier_training.load_classifier"}
     from .jvp import _load_classifier
@@ -130,12 +129,12 @@ def _select(module, idx: list[int]):
         def forward(self, x):
             return self.inner(x)[:, self.idx]
 
-    sel = Select()
-    if hasattr(module, "forward_jvp"):
-        def forward_jvp(x, dx):
-            y, dy = module.forward_jvp(x, dx)
-            return y[:, sel.idx], dy[:, sel.idx]
-        sel.forward_jvp = forward_jvp
+    class SelectJVP(Select):  # a subclass, so that hasattr(sel, "forward_jvp") mirrors the module
+        def forward_jvp(self, x, dx):
+            y, dy = self.inner.forward_jvp(x, dx)
+            return y[:, self.idx], dy[:, self.idx]
+
+    sel = SelectJVP() if hasattr(module, "forward_jvp") else Select()
     return sel.eval()
 
 

@@ -219,11 +219,12 @@ def run(args: argparse.Namespace) -> int:
         features = list(range(size))  # the identity read-out: every coordinate is a feature
     else:
         features = parse_features(c.features, event)
-    if names is None:
+    # features is None exactly when a classifier reads out; an unnamed one's outputs are "logit k" below
+    if names is None and features is not None:
         names = feature_labels(features, event, (info.get("data") or {}).get("feature_names"))
     truth = None  # the data's known correlation of the chosen coordinates (Gaussian sources)
     known = (info.get("data") or {}).get("corr")
-    if classifier is None and known is not None:
+    if features is not None and known is not None:
         truth = np.asarray(known, dtype=np.float64)[np.ix_(features, features)]
     moment_opts = [o for o, v in (("--n-boot", c.n_boot), ("--condition-on", c.condition_on),
                                   ("--quantiles", c.quantiles)) if v is not None]
@@ -281,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     npz_path = out / "responses.npz"
     tmp = out / ".responses.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **kwds to allow_pickle
     tmp.replace(npz_path)
     from ..dependence import correlation
 

@@ -76,6 +76,9 @@ class TensorSource(DataSource):
 
     cast: str | None = None
     """``"float64 -> float32"`` when the data was cast to the models' dtype, else ``None``."""
+    shift: Tensor | None = None
+    scale: Tensor | None = None
+    """Column mean and standard deviation ``(d,)`` removed by ``standardize=True``, else ``None``."""
 
     def __init__(self, data: Tensor, name: str = "tensor", *,
                  feature_names: tuple[str, ...] | None = None) -> None:
@@ -129,11 +132,12 @@ class SamplerSource(DataSource):
         (arXiv 2602.02793 §4.1, App. B), so ``causal-delta jvp`` / ``dependence`` print it as the truth.
         """
         out = super().describe()
-        cov = getattr(self, "cov", None)
+        mean, cov = getattr(self, "mean", None), getattr(self, "cov", None)
         if isinstance(cov, Tensor) and cov.ndim == 2:
+            if isinstance(mean, Tensor):  # a source given cov= but no mean= reports no mean
+                out["mean"] = mean.tolist()
             sd = cov.diagonal().sqrt()
-            out.update(mean=self.mean.tolist(), cov=cov.tolist(),
-                       corr=(cov / sd[:, None] / sd[None, :]).tolist())
+            out.update(cov=cov.tolist(), corr=(cov / sd[:, None] / sd[None, :]).tolist())
         return out
 
 

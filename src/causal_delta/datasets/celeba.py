@@ -186,7 +186,8 @@ def _seeded_partition(n: int, seed: int) -> Tensor:
     return codes
 
 
-def _select_rows(root, split, attributes, limit, split_seed):
+def _select_rows(root: str | os.PathLike, split: str, attributes: str | Sequence[str] | None, limit: int | None,
+                 split_seed: int) -> tuple[Path, tuple[str, ...], list[str], Tensor, Tensor, list[int], str]:
     """Validate the layout, parse the annotation files; -> (root, names, files, values, rows, cols, partition)."""
     if split not in CELEBA_SPLITS:
         raise ValueError(f"split must be one of {CELEBA_SPLITS}, got {split!r}")
@@ -285,6 +286,7 @@ def load_celeba(
             raise ValueError(f"CelebA: {path} is {tuple(img.shape[1:])} after cropping, the first image "
                              f"{tuple(images.shape[2:])}; pass size (e.g. 64)")
         images[n] = img.mul_(2.0).sub_(1.0)
+    assert images is not None  # _select_rows rejects a split without images
     labels = (values[rows][:, cols].to(torch.float32) + 1.0) / 2.0
     return CelebAData(
         images=images,

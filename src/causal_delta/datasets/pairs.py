@@ -123,15 +123,18 @@ def paired_source(data: str, data_args: dict[str, Any] | None = None, source: st
         if data_args:
             raise ValueError(f"data_args do not apply to a pairs file, got {data_args}")
         return load_pairs(data)
-    x1 = load_data_source(data, **(data_args or {}))
-    x0 = load_data_source(source, **(source_args or {}))
-    for label, src in (("data", x1), ("source", x0)):
-        if not isinstance(src, TensorSource):
-            raise ValueError(f"coupling 'fixed' needs a finite data set (a file) as {label}, got {src.name!r}")
+    x1 = _finite(load_data_source(data, **(data_args or {})), "data")
+    x0 = _finite(load_data_source(source, **(source_args or {})), "source")
     if len(x0) != len(x1) or x0.event_shape != x1.event_shape:
         raise ValueError(f"coupling 'fixed': source {source!r} has {len(x0)} rows of shape {x0.event_shape}, "
                          f"data {data!r} has {len(x1)} of shape {x1.event_shape}; they must match row for row")
     return PairedSource(x0.data, x1.data, name=f"{source} -> {data}")
+
+
+def _finite(src: DataSource, label: str) -> TensorSource:
+    if not isinstance(src, TensorSource):
+        raise ValueError(f"coupling 'fixed' needs a finite data set (a file) as {label}, got {src.name!r}")
+    return src
 
 
 def save_pairs(path: str | Path, x0: Tensor, x1: Tensor) -> Path:

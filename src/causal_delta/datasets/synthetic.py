@@ -23,7 +23,7 @@ from . import SamplerSource
 
 __all__ = ["DEFAULT_MIXTURE", "gaussian_source", "gaussian_1d_source", "mixture_source"]
 
-DEFAULT_MIXTURE = {
+DEFAULT_MIXTURE: dict[str, Sequence] = {
     "weights": [0.5, 0.3, 0.2],
     "means": [[-3.0, 0.0], [3.0, 0.0], [0.0, 3.0]],
     "covs": [

@@ -17,6 +17,7 @@ and offer ``forward_jvp(x, t, dx) -> (f, J_f dx)``, so :mod:`causal_delta.jvp` (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -61,16 +62,18 @@ class TimeFree(nn.Module):
             h = torch.cat([x.reshape(b, -1), temb], dim=-1)
             dh = dx.reshape(dx.shape[0], -1)  # (B·P, d): P tangents per point (ForwardJVP protocol)
             dh = torch.cat([dh, torch.zeros_like(dh[:, :1]).expand(-1, temb.shape[1])], dim=-1)
-            for layer in net.layers[:-1]:
+            layers = [cast(nn.Linear, layer) for layer in net.layers]  # MLP.layers holds nn.Linear only
+            for layer in layers[:-1]:
                 h, dh = dual_linear(layer, h, dh)
                 h, dsig = silu_derivative(h)
                 dh = per_probe(dsig, dh)
-            v, dv = dual_linear(net.layers[-1], h, dh)
+            v, dv = dual_linear(layers[-1], h, dh)
             return v.reshape(x.shape), dv.reshape(dx.shape)
         load_forward_ad()
         P = dx.shape[0] // x.shape[0]
         xr = x.repeat_interleave(P, dim=0) if P > 1 else x  # torch.func.jvp needs a primal per tangent
-        v, dv = torch.func.jvp(lambda y: self.net(y, self._t(y)), (xr,), (dx,))
+        # without has_aux, torch.func.jvp returns (output, jvp_out); its stub also allows the aux triple
+        v, dv = cast("tuple[Tensor, Tensor]", torch.func.jvp(lambda y: self.net(y, self._t(y)), (xr,), (dx,)))
         return v[::P], dv
 
 
@@ -119,22 +122,26 @@ class MaskedMLP(nn.Module):
         for k, (din, dout) in enumerate(zip(degs[:-1], degs[1:])):
             self.register_buffer(f"mask{k}", (dout[:, None] >= din[None, :]).to(torch.float32))
 
+    def _linears(self) -> list[nn.Linear]:
+        return [cast(nn.Linear, layer) for layer in self.layers]  # an nn.ModuleList is untyped
+
     def _weights(self) -> list[Tensor]:
-        return [layer.weight * getattr(self, f"mask{k}") for k, layer in enumerate(self.layers)]
+        return [layer.weight * getattr(self, f"mask{k}") for k, layer in enumerate(self._linears())]
 
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         """``f(x)``: x (B, d) -> (B, d)."""
         ws = self._weights()
         h = x
-        for w, layer in zip(ws[:-1], self.layers[:-1]):
+        layers = self._linears()
+        for w, layer in zip(ws[:-1], layers[:-1]):
             h = F.silu(F.linear(h, w, layer.bias))
-        return F.linear(h, ws[-1], self.layers[-1].bias)
+        return F.linear(h, ws[-1], layers[-1].bias)
 
     def forward_jvp(self, x: Tensor, t: Tensor | None, dx: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(x), J_f(x) dx)``; x (B, d), dx (B·P, d) -> (B, d), (B·P, d): the primal runs once."""
         ws = self._weights()
         h, dh = x, dx  # dx: (B·P, d), P tangents per point (ForwardJVP protocol)
-        for k, (w, layer) in enumerate(zip(ws, self.layers)):
+        for k, (w, layer) in enumerate(zip(ws, self._linears())):
             h, dh = F.linear(h, w, layer.bias), F.linear(dh, w)
             if k < len(ws) - 1:
                 h, dsig = silu_derivative(h)  # plain ops: twice differentiable

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -90,7 +91,8 @@ def field_jvp(field: Field, x: Tensor, dx: Tensor) -> tuple[Tensor, Tensor]:
     if fj is not None:
         return fj(x, None, dx)
     load_forward_ad()  # first forward-mode call: without torch's jit.script FutureWarning
-    return torch.func.jvp(field, (x,), (dx,))
+    # without has_aux, torch.func.jvp returns (output, jvp_out); its stub also allows the aux triple
+    return cast("tuple[Tensor, Tensor]", torch.func.jvp(field, (x,), (dx,)))
 
 
 def field_jacobian(field: Field, x: Tensor) -> Tensor:
@@ -201,10 +203,9 @@ def flux_matching_loss(field: Field, x: Tensor, sigma: float, *, horizon: float 
         raise ValueError(f"horizon must be a number > 0, got {horizon!r}")
     x = x.detach()
     B, d = x.shape
-    opts = dict(generator=generator, dtype=x.dtype, device=x.device)
-    noise = torch.randn(B, d, **opts)
+    noise = torch.randn(B, d, generator=generator, dtype=x.dtype, device=x.device)
     x0 = x + sigma * noise
-    u = torch.rand((), **opts)
+    u = torch.rand((), generator=generator, dtype=x.dtype, device=x.device)
     if time_sampling == "uniform":
         t = float(horizon) * u
         weight = float(horizon) * torch.exp(-t)
@@ -214,12 +215,12 @@ def flux_matching_loss(field: Field, x: Tensor, sigma: float, *, horizon: float 
         weight = torch.as_tensor(mass, dtype=x.dtype, device=x.device)
     rho = torch.exp(-t)
     if simulation == "label":
-        xi = torch.randn(B, d, **opts)
+        xi = torch.randn(B, d, generator=generator, dtype=x.dtype, device=x.device)
         # fused exact OU step: x + σ (ρ ε + √(1-ρ²) ξ)
         xt = x + sigma * torch.addcmul(rho * noise, xi, torch.sqrt((1 - rho * rho).clamp_min(0)))
     else:
         xt = ou_simulate(x0, x, sigma, t, steps=ou_steps, generator=generator)
-    eps = rademacher((B, d), **opts)
+    eps = rademacher((B, d), generator=generator, dtype=x.dtype, device=x.device)
     with torch.enable_grad():
         z = xt.detach().requires_grad_(True)
         r = _kde_residual(field, z, x, sigma, eps, method)

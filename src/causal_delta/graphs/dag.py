@@ -355,8 +355,13 @@ class DAG:
                         changed = True
                         break
         order = self.nodes.index
+
+        def ordered(p: frozenset[str]) -> tuple[str, str]:
+            a, b = sorted(p, key=order)  # an undirected edge holds exactly two nodes
+            return a, b
+
         return PDAG(self.nodes, tuple(sorted(directed, key=lambda e: (order(e[0]), order(e[1])))),
-                    tuple(sorted((tuple(sorted(p, key=order)) for p in undirected),
+                    tuple(sorted((ordered(p) for p in undirected),
                                  key=lambda e: (order(e[0]), order(e[1])))))
 
     def as_pdag(self) -> PDAG:

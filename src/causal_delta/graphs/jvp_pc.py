@@ -227,6 +227,7 @@ def jvp_ci_test(source: Tensor | ResponseOracle, *, estimator: str = "condition"
             g = groups[mask] if groups is not None else None
             r, se, p = _corr_test(sub, g, n_boot, seed, min_rows)
             return r, p, {"se": se, "kept": int(mask.sum()), "threshold": thr}
+        assert oracle is not None  # hold_fixed without an oracle was refused above
         held = _as_responses(oracle.responses(given), "held responses")
         r, se, p = _corr_test(held[:, [x, y]], groups, n_boot, seed, min_rows)
         # Size of the held columns relative to their unheld RMS: ~0 when holding fixed worked.

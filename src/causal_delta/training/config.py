@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ..train_config import COUPLINGS, LR_SCHEDULES, PRECISIONS, T_SAMPLINGS, TrainConfig
+from ..train_config import COUPLINGS, LR_SCHEDULES, PRECISIONS, T_SAMPLINGS, ClassifierTrainConfig, TrainConfig
 
 __all__ = [
     "COUPLINGS",
@@ -44,7 +44,7 @@ def resolve_device(device):
     return dev
 
 
-def learning_rate(config: TrainConfig, step: int) -> float:
+def learning_rate(config: TrainConfig | ClassifierTrainConfig, step: int) -> float:
     """Learning rate of step ``step + 1`` (``step`` steps done): warm-up, then the schedule."""
     lr = config.lr
     if config.warmup_steps and step < config.warmup_steps:
