@@ -22,9 +22,9 @@ MMDs are Gaussian-kernel U-statistics (unbiased; negative for paired copies) and
 is of the direction (σ = 0.05 vs 0), not of the values.
 
 Under ``torchrun`` rank 0 writes each flow's pairs file, then every flow trains with DDP (each
-rank keeps its rows of the same global batch of pairs); the diagnostics (gradient variance,
-:func:`causal_delta.diagnostics.diagnose_memorisation`) run on the gathered flow on every rank,
-and rank 0 writes.
+rank keeps its rows of the same global batch of pairs, so every rank holds the same flow); the
+diagnostics (gradient variance, :func:`causal_delta.diagnostics.diagnose_memorisation`) are
+called on every rank, and rank 0 writes.
 """
 
 from __future__ import annotations
