@@ -32,8 +32,8 @@ CASES = {
                      "crossing_pairs=32", "crossing_sigmas=0,0.5", "pairs_dim=5", "pairs_n=16", "pairs_sigmas=0,0.5",
                      "mixture_dims=3", "mixture_n=32", "mixture_sigmas=0", "heldout=32", "t_grid=0.45,0.5,0.55",
                      "solver_steps=4"],
-    "flux": ["datasets=ring", "train_steps=30", "batch_size=64", "hidden=16", "n_data=400", "n_samples=100", "langevin_steps=50",
-             "curl_grid=20", "directed_hidden=16"],
+    "flux": ["datasets=ring", "train_steps=30", "batch_size=64", "hidden=16", "n_data=400", "n_samples=100",
+             "langevin_steps=50", "curl_grid=20", "directed_hidden=16"],
 }
 
 RTOL, ATOL = 1e-4, 1e-6

@@ -107,7 +107,7 @@ def run_directed(config, timer, *, system: str = "scm", progress: bool = True) -
             with torch.no_grad():
                 J = field_jacobian(field, ref_a).double()
             est = J.mean(0)
-            flow_J = split_rows(lambda a: jacobian(field, a, method="rk4", steps=10), ref_a[:200])
+            flow_J = split_rows(lambda a, f=field: jacobian(f, a, method="rk4", steps=10), ref_a[:200])
             gen = torch.Generator().manual_seed(config.seed + 8)
             x = _langevin(field, start, steps=config.langevin_steps, eta=config.eta, generator=gen,
                           progress=progress).x
