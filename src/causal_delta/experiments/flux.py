@@ -226,9 +226,9 @@ def run_flux(config: FluxConfig, out_dir: str | os.PathLike, *, progress: bool =
                     return -lam * curl_2d(f, batch).mean()
             with timer(f"train_{name}_{objective}"):
                 fit = _fit(field, data, objective=objective.split("+")[0], sigma=sigma,
-                                steps=config.train_steps, batch_size=config.batch_size, lr=config.lr,
-                                lr_schedule=config.lr_schedule, seed=config.seed + k, progress=progress,
-                                penalty=penalty, **(flux_kwargs if objective != "dsm" else {}))
+                           steps=config.train_steps, batch_size=config.batch_size, lr=config.lr,
+                           lr_schedule=config.lr_schedule, seed=config.seed + k, progress=progress,
+                           penalty=penalty, **(flux_kwargs if objective != "dsm" else {}))
             with timer(f"sample_{name}_{objective}"):
                 gen = torch.Generator().manual_seed(config.seed + 100 + k)
                 sample = _langevin(field, start, steps=config.langevin_steps, eta=config.eta, generator=gen,

@@ -100,9 +100,9 @@ def run_directed(config, timer, *, system: str = "scm", progress: bool = True) -
         field = copy.deepcopy(init)  # same initialisation for both objectives, no global RNG draw
         with timer(f"train_{system}_{objective}"):
             fit = _fit(field, data, objective=objective, sigma=sigma, steps=config.train_steps,
-                            batch_size=config.batch_size, lr=config.directed_lr,
-                            lr_schedule=config.lr_schedule, seed=config.seed + 7, progress=progress,
-                            **(flux_kwargs if objective == "flux" else {}))
+                       batch_size=config.batch_size, lr=config.directed_lr,
+                       lr_schedule=config.lr_schedule, seed=config.seed + 7, progress=progress,
+                       **(flux_kwargs if objective == "flux" else {}))
         with timer(f"measure_{system}_{objective}"):
             with torch.no_grad():
                 J = field_jacobian(field, ref_a).double()

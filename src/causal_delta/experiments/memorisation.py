@@ -24,7 +24,10 @@ is of the direction (σ = 0.05 vs 0), not of the values.
 Under ``torchrun`` rank 0 writes each flow's pairs file, then every flow trains with DDP (each
 rank keeps its rows of the same global batch of pairs, so every rank holds the same flow); the
 diagnostics (gradient variance, :func:`causal_delta.diagnostics.diagnose_memorisation`) are
-called on every rank, and rank 0 writes.
+called on every rank, and rank 0 writes. DDP takes the steps of one process to float rounding,
+which training on lines that no field fits amplifies: at the quick size the crossing-lines
+gradient variances of 2 processes differ from 1 process's by up to 2 % (the other settings by
+< 1e-5).
 """
 
 from __future__ import annotations
