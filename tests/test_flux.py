@@ -209,6 +209,20 @@ def test_langevin_stationary_variance_matches_the_discrete_chain():
     assert ann.nfe == 21 and torch.isfinite(ann.x).all()
 
 
+def test_langevin_blocks_of_rows_are_the_rows_of_the_full_run():
+    # A block of chains draws the noise of all rows and keeps its own: concatenated blocks are
+    # the full run (how the flux experiment splits its chains over torchrun ranks).
+    field = lambda y: -y**3 + torch.sin(y.flip(-1))  # noqa: E731  nonlinear, couples coordinates
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    full = langevin(field, x, steps=30, eta=0.05, generator=torch.Generator().manual_seed(12)).x
+    parts = [langevin(field, x, steps=30, eta=0.05, generator=torch.Generator().manual_seed(12), rows=r).x
+             for r in (range(0, 3), range(3, 3), range(3, 7))]
+    assert [len(p) for p in parts] == [3, 0, 4]
+    assert torch.equal(torch.cat(parts), full)
+    wrong = langevin(field, x[3:], steps=30, eta=0.05, generator=torch.Generator().manual_seed(12)).x
+    assert not torch.allclose(wrong, full[3:])  # without rows the block would draw other noise
+
+
 def test_metrics_curl_and_mmd():
     rot = lambda y: y @ R90.T.to(y.dtype)  # noqa: E731  f = (-y, x): curl 2
     pts = torch.randn(10, 2)
@@ -228,6 +242,7 @@ def test_metrics_curl_and_mmd():
     (lambda: flux_matching_loss(lambda y: y, torch.zeros(3, 2), 1.0, horizon=0), "horizon must be a number > 0"),
     (lambda: flux_matching_loss(lambda y: y, torch.zeros(3, 2), 1.0, time_sampling="log"), "time_sampling must be one"),
     (lambda: langevin(lambda y: y, torch.zeros(3, 2), eta=-1.0), "eta must be a finite number > 0"),
+    (lambda: langevin(lambda y: y, torch.zeros(3, 2), rows=range(2, 5)), "rows must be a contiguous range"),
     (lambda: annealed_langevin(lambda y, s: y, torch.zeros(3, 2), [0.1, 1.0]), "sigmas must be a non-empty decreasing"),
     (lambda: block_triangular_mask([0, -1]), "blocks must be a non-empty sequence"),
     (lambda: mmd2(torch.zeros(1, 2), torch.zeros(3, 2)), "x and y must have shapes"),

@@ -17,6 +17,10 @@ smoothed by ``N(0, σ² I)`` as the stationary law of ``dx = f dt + √2 dW``. R
 The score is curl-free, so DSM's curl only measures its fitting error, while Flux Matching
 leaves the divergence-free part ``∇·(p b) = 0`` untouched by the loss: its curl is whatever the
 network and optimiser make of that freedom.
+
+Under ``torchrun`` each field trains on rank 0 (its trainer is not DDP-aware; the weights are
+broadcast), each rank runs its block of the Langevin chains (and of the flow-map Jacobians of the
+directed part), the measures run on the gathered samples on every rank, and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -134,6 +138,38 @@ def _validate(config: FluxConfig) -> None:
             raise ValueError(f"{name} must be a number > 0, got {getattr(config, name)!r}")
 
 
+def _fit(field, data: torch.Tensor, **kwargs: Any):
+    """:func:`~causal_delta.flux.fit_field` of ``field`` in place, on rank 0 alone under torchrun.
+
+    The stationary-field trainer is not DDP-aware; rank 0 trains (``on_main``) and every rank
+    loads its weights, so all ranks sample the very same field. Returns the ``FitResult``.
+    """
+    from ..flux import fit_field
+
+    def train():
+        fit = fit_field(field, data, **kwargs)
+        return fit, {k: v.detach().cpu() for k, v in field.state_dict().items()}
+
+    fit, state = C.on_main(train)
+    field.load_state_dict(state)
+    field.eval()
+    return fit
+
+
+def _langevin(field, start: torch.Tensor, **kwargs: Any):
+    """:func:`~causal_delta.flux.langevin` from ``start`` (n, d), its chains split over the ranks.
+
+    Each rank runs its block of rows (drawing the noise of all rows, so the chains do not depend
+    on the split) and the blocks are gathered on every rank. Returns the ``SampleResult``.
+    """
+    from .. import distributed as dist
+    from ..flux import langevin
+    from ..flux.samplers import SampleResult
+
+    x = dist.map_rows(lambda rows: langevin(field, start, rows=rows, **kwargs).x, start.shape[0])
+    return SampleResult(x, kwargs["steps"])
+
+
 def _quiver(ax, field, samples, lim: float, title: str) -> None:
     g = torch.linspace(-lim, lim, 21)
     xx, yy = torch.meshgrid(g, g, indexing="xy")
@@ -155,7 +191,7 @@ def _matrix_md(m) -> str:
 
 def run_flux(config: FluxConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
     """Train Flux Matching and DSM fields, sample, measure; write ``report.json``, figures, ``summary.md``."""
-    from ..flux import TimeFree, curl_2d, fit_field, langevin, mean_abs_curl, mmd2, radius_stats
+    from ..flux import TimeFree, curl_2d, mean_abs_curl, mmd2, radius_stats
     from ..models import build_model
     from ..report import new_figure, save_figure
 
@@ -189,14 +225,14 @@ def run_flux(config: FluxConfig, out_dir: str | os.PathLike, *, progress: bool =
                 def penalty(f, batch, lam=float(config.spiral_penalty)):
                     return -lam * curl_2d(f, batch).mean()
             with timer(f"train_{name}_{objective}"):
-                fit = fit_field(field, data, objective=objective.split("+")[0], sigma=sigma,
-                                steps=config.train_steps, batch_size=config.batch_size, lr=config.lr,
-                                lr_schedule=config.lr_schedule, seed=config.seed + k, progress=progress,
-                                penalty=penalty, **(flux_kwargs if objective != "dsm" else {}))
+                fit = _fit(field, data, objective=objective.split("+")[0], sigma=sigma,
+                           steps=config.train_steps, batch_size=config.batch_size, lr=config.lr,
+                           lr_schedule=config.lr_schedule, seed=config.seed + k, progress=progress,
+                           penalty=penalty, **(flux_kwargs if objective != "dsm" else {}))
             with timer(f"sample_{name}_{objective}"):
                 gen = torch.Generator().manual_seed(config.seed + 100 + k)
-                sample = langevin(field, start, steps=config.langevin_steps, eta=config.eta, generator=gen,
-                                  progress=progress)
+                sample = _langevin(field, start, steps=config.langevin_steps, eta=config.eta, generator=gen,
+                                   progress=progress)
                 x = sample.x
             with timer(f"measure_{name}_{objective}"):
                 res = {"mmd2": mmd2(x, ref_a), "mean_abs_curl": mean_abs_curl(field, lim=config.curl_lim,

@@ -18,6 +18,9 @@ the field ``-A x``. Reported:
 - MMD² of Langevin samples of each field to the smoothed data and the relative Frobenius
   error of their covariance against ``Σ + σ² I`` (the masked score cannot represent ``Σ⁻¹``,
   so DSM's samples should fit worse).
+
+Under ``torchrun`` the fields train on rank 0 and their weights are broadcast; the flow-map
+Jacobians and the Langevin chains split over the ranks (as in :mod:`.flux`).
 """
 
 from __future__ import annotations
@@ -65,10 +68,11 @@ def run_directed(config, timer, *, system: str = "scm", progress: bool = True) -
     Flux Matching options (``method``, ``simulation``, ``pairing``, ``horizon``,
     ``time_sampling``) and ``seed``.
     """
-    from ..flux import MaskedMLP, field_jacobian, fit_field, langevin, mmd2
+    from ..flux import MaskedMLP, field_jacobian, mmd2
     from ..flux.directed import linear_scm_covariance, linear_scm_sample, triangular_stationary_drift
     from ..jvp import jacobian
-    from ._common import seeded
+    from ._common import seeded, split_rows
+    from .flux import _fit, _langevin
 
     if system == "scm":
         B, noise_std = torch.tensor(SCM_WEIGHTS, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
@@ -95,18 +99,18 @@ def run_directed(config, timer, *, system: str = "scm", progress: bool = True) -
     for objective in ("flux", "dsm"):
         field = copy.deepcopy(init)  # same initialisation for both objectives, no global RNG draw
         with timer(f"train_{system}_{objective}"):
-            fit = fit_field(field, data, objective=objective, sigma=sigma, steps=config.train_steps,
-                            batch_size=config.batch_size, lr=config.directed_lr,
-                            lr_schedule=config.lr_schedule, seed=config.seed + 7, progress=progress,
-                            **(flux_kwargs if objective == "flux" else {}))
+            fit = _fit(field, data, objective=objective, sigma=sigma, steps=config.train_steps,
+                       batch_size=config.batch_size, lr=config.directed_lr,
+                       lr_schedule=config.lr_schedule, seed=config.seed + 7, progress=progress,
+                       **(flux_kwargs if objective == "flux" else {}))
         with timer(f"measure_{system}_{objective}"):
             with torch.no_grad():
                 J = field_jacobian(field, ref_a).double()
             est = J.mean(0)
-            flow_J = jacobian(field, ref_a[:200], method="rk4", steps=10)
+            flow_J = split_rows(lambda a, f=field: jacobian(f, a, method="rk4", steps=10), ref_a[:200])
             gen = torch.Generator().manual_seed(config.seed + 8)
-            x = langevin(field, start, steps=config.langevin_steps, eta=config.eta, generator=gen,
-                         progress=progress).x
+            x = _langevin(field, start, steps=config.langevin_steps, eta=config.eta, generator=gen,
+                          progress=progress).x
             results[objective] = {
                 "estimated_jacobian": est,
                 "max_abs_error_vs_true": float((est - true).abs().max()),

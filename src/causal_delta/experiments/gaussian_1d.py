@@ -13,6 +13,10 @@ by flow matching on a fixed set of ``n_train`` samples. Reported:
   ``x0`` (mean, std, mean absolute error against ``σ``), and its mean over ``x0`` at several
   times ``t`` against ``S(t)^{1/2}``;
 - mean and standard deviation of generated samples against ``0`` and ``σ``.
+
+Under ``torchrun`` rank 0 writes the training data, the flow trains with DDP, each rank
+integrates the JVPs of its block of the ``n_eval`` points, and the statistics run on the gathered
+results on every rank (rank 0 writes the report).
 """
 
 from __future__ import annotations
@@ -88,8 +92,12 @@ def run_gaussian_1d(config: Gaussian1DConfig, out_dir: str | os.PathLike, *,
         data = sigma * torch.randn(config.n_train, 1, generator=gen)
         x_eval = torch.randn(config.n_eval, 1, generator=gen)
     data_path = out / "train" / "data.npy"
-    data_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(data_path, data.numpy())
+
+    def save_data() -> None:  # rank 0 writes the file that every rank's training then reads
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(data_path, data.numpy())
+
+    C.on_main(save_data)
     with timer("train"):
         model, losses, checkpoint = C.train_model(
             out, data=str(data_path), preset=config.preset, model_args=dict(config.overrides),
@@ -104,17 +112,22 @@ def run_gaussian_1d(config: Gaussian1DConfig, out_dir: str | os.PathLike, *,
         exact_traj = torch.stack([exact.flow_map(x0.double(), float(t))[:, 0] for t in grid])
         gap = (traj - exact_traj).abs()
 
-        res = jvp_forward(model, x_eval, torch.ones_like(x_eval), method=config.method, grid=grid)
-        j1 = res.jvp[:, 0].double()
-        samples = res.x[:, 0].double()
         # Jacobian over t: forward mode on the prefix of the grid ending at t_k.
         idx = np.unique(np.linspace(0, config.solver_steps, config.jacobian_times + 1).round().astype(int))[1:]
+
+        def block(x):  # under torchrun each rank integrates its block of x_eval
+            res = jvp_forward(model, x, torch.ones_like(x), method=config.method, grid=grid)
+            jt = [jvp_forward(model, x, torch.ones_like(x), method=config.method, grid=grid[: k + 1]).jvp[:, 0]
+                  for k in idx]
+            return res.x[:, 0], res.jvp[:, 0], torch.stack(jt, dim=1)
+
+        x1, dx1, j_over_t = C.split_rows(block, x_eval)
+        j1 = dx1.double()
+        samples = x1.double()
         times, learned_t, exact_t = [0.0], [1.0], [1.0]
-        for k in idx:
-            jk = jvp_forward(model, x_eval, torch.ones_like(x_eval), method=config.method,
-                             grid=grid[: k + 1]).jvp[:, 0].double()
+        for i, k in enumerate(idx):
             times.append(float(grid[k]))
-            learned_t.append(float(jk.mean()))
+            learned_t.append(float(j_over_t[:, i].double().mean()))
             exact_t.append(float(exact.flow_jacobian(float(grid[k]))[0, 0]))
 
     results = {

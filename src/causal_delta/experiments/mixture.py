@@ -38,6 +38,10 @@ under ``torch.manual_seed(42069)`` on the CPU, uniform weights, base ``N(0, I)``
 here and stored with 8 significant digits. It is a reconstruction from the released code,
 not numbers printed in the paper.
 
+Under ``torchrun`` every rank computes the whole closed-form table (about 2 s at the full size;
+its ``intervention_sampled`` labels come from the one generator stream) and rank 0 writes; an
+extra estimator may split its points over the ranks itself (``mixture_learned`` does).
+
 Extending: :func:`run_mixture` takes ``estimators``, a mapping ``name -> fn(points) -> (N, d, d)``
 (see :class:`EvalPoints` and :func:`default_estimators`), so a learned velocity field's
 Jacobian can be added as one more row of the table.

@@ -18,6 +18,10 @@ The learned Jacobian is passed to :func:`run_mixture` as one more estimator
 report (with its figures) is written to ``out_dir/closed_form`` and embedded under
 ``results["closed_form"]``. The mixture is the paper's (:data:`mixture.PAPER_MIXTURE`); the
 flow is trained on fresh draws of it from ``x0 ~ N(0, I)`` (its base).
+
+Under ``torchrun`` the flow trains with DDP, each rank computes the learned Jacobians and the
+generated samples of its block of the points (the closed-form estimators, cheap, run on every
+rank) and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -111,9 +115,11 @@ def run_mixture_learned(config: MixtureLearnedConfig, out_dir: str | os.PathLike
             steps=config.train_steps, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
             progress=progress)
 
-    def learned(p) -> torch.Tensor:
-        tt = torch.full((p.x.shape[0],), float(p.t))
-        return learned_velocity_jacobian(model, p.x.float(), tt)[1].double()
+    def learned(p) -> torch.Tensor:  # under torchrun each rank differentiates its block of the points
+        def block(x):
+            return learned_velocity_jacobian(model, x.float(), torch.full((x.shape[0],), float(p.t)))[1]
+
+        return C.split_rows(block, p.x).double()
 
     with timer("closed_form"):
         closed = run_mixture(mc, out / "closed_form", progress=progress,
@@ -141,7 +147,8 @@ def run_mixture_learned(config: MixtureLearnedConfig, out_dir: str | os.PathLike
         solver = C.choose_solver(model, x0, probes, method=config.method, steps=config.solver_steps,
                                  subsample=config.check_samples, seed=config.seed, progress=progress)
     with timer("sampling"):
-        generated = sample(model, x0, method=solver["method"], steps=solver["steps"]).double()
+        generated = C.split_rows(lambda a: sample(model, a, method=solver["method"], steps=solver["steps"]),
+                                 x0).double()
 
     learned_res = {
         "per_time": rows,

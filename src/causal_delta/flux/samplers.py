@@ -51,13 +51,26 @@ def _check_eta(eta: float) -> float:
 
 @torch.no_grad()
 def langevin(field: Callable[[Tensor], Tensor], x: Tensor, *, steps: int = 1000, eta: float = 0.1,
-             generator: torch.Generator | None = None, progress: bool = False) -> SampleResult:
-    """Run ``steps`` Langevin steps ``x ← x + (η/2) f(x) + √η ξ`` from ``x`` (B, d)."""
+             generator: torch.Generator | None = None, progress: bool = False,
+             rows: range | None = None) -> SampleResult:
+    """Run ``steps`` Langevin steps ``x ← x + (η/2) f(x) + √η ξ`` from ``x`` (B, d).
+
+    ``rows`` (a contiguous ``range`` of row indices of ``x``) runs only those chains, returning
+    ``(len(rows), d)``: the noise ``ξ`` is still drawn for all ``B`` rows at every step and
+    sliced, so a block's chains equal the same rows of the full run (how the ``flux``
+    experiment splits its chains over ``torchrun`` ranks, :func:`causal_delta.distributed.map_rows`).
+    """
     check_positive_int("steps", steps)
     eta = _check_eta(eta)
     sq = eta**0.5
+    shape = x.shape
+    if rows is not None:
+        if not isinstance(rows, range) or rows.step != 1 or not 0 <= rows.start <= rows.stop <= shape[0]:
+            raise ValueError(f"rows must be a contiguous range within [0, {shape[0]}], got {rows!r}")
+        x = x[rows.start:rows.stop]
+    block = slice(None) if rows is None else slice(rows.start, rows.stop)
     for _ in _bar(steps, "langevin", progress):
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)[block]
         x = torch.add(x + sq * noise, field(x), alpha=0.5 * eta)
     return SampleResult(x, steps)
 
