@@ -257,6 +257,7 @@ def write_report(
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
             "processes": _dist.world_size(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # reads the timings
         },
     }
     _report.write_json(out_dir / "report.json", report)
