@@ -252,18 +252,25 @@ def _split_oracle(velocity, x0: torch.Tensor, probes: torch.Tensor, **kw: Any):
     under torchrun, gathered in sample order on every rank (the same tensors as in one process).
 
     Every rank runs the same search on the same gathered responses, so each asks for the same
-    held sets in the same order and reaches the same collectives.
+    held sets in the same order and reaches the same collectives. The rank's own oracle (over its
+    block, kept across calls) caches the read-out gradients as the plain one does.
     """
     from ..graphs.jvp_pc import ResponseOracle
 
     class SplitOracle(ResponseOracle):
+        block: ResponseOracle | None = None
+
         def responses(self, hold=()) -> torch.Tensor:
             key = frozenset(int(k) for k in hold)
             if key not in self._responses:
                 n, P = self.probes.shape[:2]
-                self._responses[key] = C.split_rows(
-                    lambda a, b: ResponseOracle(velocity, a, b, **kw).responses(hold).reshape(len(a), P, -1),
-                    self.x0, self.probes).reshape(n * P, -1)
+
+                def rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # the same block at every call
+                    if self.block is None:
+                        self.block = ResponseOracle(velocity, a, b, **kw)
+                    return self.block.responses(hold).reshape(len(a), P, -1)
+
+                self._responses[key] = C.split_rows(rows, self.x0, self.probes).reshape(n * P, -1)
             return self._responses[key]
 
     return SplitOracle(velocity, x0, probes, **kw)
