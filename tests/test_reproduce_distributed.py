@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from causal_delta import cli
 
@@ -45,6 +46,10 @@ CASES = {
 REQUIRES = {"pixels": "sklearn", "attributes": "PIL", "known-graphs": "causallearn"}  # optional extras
 
 RTOL, ATOL = 1e-4, 1e-6
+# Measures of float rounding itself (pixels' central FD vs forward mode): when DDP's averaged
+# gradients move the trained weights in their last bits, these errors are redrawn (a few %), so
+# they are held to their order of magnitude only.
+ROUNDOFF, ROUNDOFF_RTOL = ("relative_error_float32", "relative_error_float64"), 0.5
 NUMBER = re.compile(r"([-+]?\d+\.?\d*(?:e[-+]?\d+)?)")
 
 
@@ -61,7 +66,8 @@ def _numbers_match(a, b, where, skip_roots):
     elif isinstance(a, bool) or a is None:
         assert a == b, f"{where}: {a!r} vs {b!r}"
     elif isinstance(a, (int, float)):
-        assert isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL), f"{where}: {a} vs {b}"
+        rtol = ROUNDOFF_RTOL if where.endswith(ROUNDOFF) else RTOL
+        assert isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=rtol, abs_tol=ATOL), f"{where}: {a} vs {b}"
     elif isinstance(a, str) and any(r in a for r in skip_roots):
         pass  # a path into the run's own folder
     elif isinstance(a, str) and isinstance(b, str):  # a sentence with printed numbers: same words, close numbers
@@ -94,11 +100,16 @@ def runs(tmp_path_factory):
     proc = subprocess.run([*torchrun, str(HERE / "_reproduce_worker.py"), str(root / "two"), json.dumps(cases)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for name, sets in cases.items():
-        argv = ["reproduce", name, "--quick", "--no-progress", "--out", str(root / "one" / name)]
-        for item in sets:
-            argv += ["--set", item]
-        assert cli.main(argv) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs (conftest's one_thread is not up yet for a module fixture)
+    try:
+        for name, sets in cases.items():
+            argv = ["reproduce", name, "--quick", "--no-progress", "--out", str(root / "one" / name)]
+            for item in sets:
+                argv += ["--set", item]
+            assert cli.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
     return root, proc, cases
 
 
