@@ -41,7 +41,7 @@ CASES = {
                    "n_samples=48", "jvp_batch_size=24", "solver_steps=4", "hold_fixed_samples=16",
                    "hold_fixed_chunk=8", "sweep_quantiles=[1.0, 0.5, 0.17]", "n_boot=30", "fidelity_images=8"],
     # one tabular and one image graph at one seed, the read-out trained enough that its outputs
-    # vary (an untrained one's near-constant outputs amplify the drift); memorisation as in pixels
+    # vary (an untrained one's near-constant outputs amplify the drift); the diagnostic runs in pixels
     "known-graphs": ['tabular_graphs=["fork"]', "n_rows=500", "tabular_steps=30", "tabular_probes=64",
                      'image_graphs=["fork"]', "image_steps=30", "readout_train=200", "readout_steps=40",
                      "image_rows=100", "image_probes=32", "hold_fixed_samples=16", "n_boot=20", "memorisation=false"],
@@ -50,8 +50,8 @@ REQUIRES = {"pixels": "sklearn", "attributes": "PIL", "known-graphs": "causallea
 
 RTOL, ATOL = 1e-4, 1e-6
 # Measures of float rounding itself (pixels' central FD vs forward mode): when DDP's averaged
-# gradients move the trained weights in their last bits, these errors are redrawn (by up to ~10 %), so
-# they are held to their order of magnitude only.
+# gradients move the trained weights in their last bits, these errors are redrawn (by up to
+# ~10 %), so they are held to their order of magnitude only.
 ROUNDOFF, ROUNDOFF_RTOL = ("relative_error_float32", "relative_error_float64"), 0.5
 NUMBER = re.compile(r"([-+]?\d+\.?\d*(?:e[-+]?\d+)?)")
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 
 from . import _common as C
+from . import _known_graphs_responses as R
 
 __all__ = ["KnownGraphsConfig", "run_known_graphs", "role_assignment", "MEMORISATION_ROWS"]
 
@@ -219,14 +221,14 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) ->
                 z = torch.randn(config.tabular_probes, 1, scm.dim, generator=gen)
             with timer("tabular_estimators"):
                 # identity read-out; hold-fixed gradients by forward mode (d is small)
-                oracle = _split_oracle(flow, x0, z, features=list(range(scm.dim)), method=config.method,
-                                       steps=config.solver_steps, gradient_mode="forward", batch_size=1024)
+                oracle = R.split_oracle(flow, x0, z, features=list(range(scm.dim)), method=config.method,
+                                         steps=config.solver_steps, gradient_mode="forward", batch_size=1024)
                 dy = oracle.responses()
                 hold = None
                 if len(dag.nodes) == 3 and len(dag.edges) == 2:
                     hold = oracle.responses((scm.index(middle_node(dag)[3]),))
                 entry = _graph_entry(dag, scm.names, dy, data, config, hold=hold, seed=seed, oracle=oracle)
-            samples = _generate(flow, x0, config)
+            samples = R.generate(flow, x0, config)
             memorisation = None
             if config.memorisation:
                 with timer("tabular_memorisation"):
@@ -237,43 +239,6 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) ->
                          generated_corr=_corr(samples), data_corr_matrix=_corr(data), memorisation=memorisation)
             rows.append(entry)
     return rows
-
-
-def _generate(flow, x0, config):
-    from ..solvers import integrate
-
-    with torch.no_grad():  # under torchrun each rank integrates its block of x0
-        return C.split_rows(lambda a: integrate(flow, a, method=config.method, steps=config.solver_steps).x, x0)
-
-
-def _split_oracle(velocity, x0: torch.Tensor, probes: torch.Tensor, **kw: Any):
-    """A :class:`causal_delta.graphs.jvp_pc.ResponseOracle` over all ``(x0, probes)`` whose responses
-    (plain and held fixed, as JVP-PC asks for them) each rank computes for its block of samples
-    under torchrun, gathered in sample order on every rank (the same tensors as in one process).
-
-    Every rank runs the same search on the same gathered responses, so each asks for the same
-    held sets in the same order and reaches the same collectives. The rank's own oracle (over its
-    block, kept across calls) caches the read-out gradients as the plain one does.
-    """
-    from ..graphs.jvp_pc import ResponseOracle
-
-    class SplitOracle(ResponseOracle):
-        block: ResponseOracle | None = None
-
-        def responses(self, hold=()) -> torch.Tensor:
-            key = frozenset(int(k) for k in hold)
-            if key not in self._responses:
-                n, P = self.probes.shape[:2]
-
-                def rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # the same block at every call
-                    if self.block is None:
-                        self.block = ResponseOracle(velocity, a, b, **kw)
-                    return self.block.responses(hold).reshape(len(a), P, -1)
-
-                self._responses[key] = C.split_rows(rows, self.x0, self.probes).reshape(n * P, -1)
-            return self._responses[key]
-
-    return SplitOracle(velocity, x0, probes, **kw)
 
 
 def _corr(x) -> list:
@@ -291,9 +256,7 @@ def _stats(y) -> dict[str, Any]:
 def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> tuple[list[dict], dict]:
     from ..datasets.scenes import SceneSource
     from ..datasets.scm import resolve_graph
-    from ..dependence import hold_fixed_responses
     from ..graphs import DAG
-    from ..jvp import attribute_jvp
     from ._known_graphs_readout import fit_readout
 
     attrs = tuple(config.attributes)
@@ -304,7 +267,7 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
                             image_size=config.image_size, seed=seed)
         with timer("images_readout"):  # not DDP (it writes checkpoints): rank 0 trains, every rank gets it
             readout, readout_info = C.on_main(
-                lambda: fit_readout(indep, config, seed, out / "images" / f"readout_s{seed}", progress))
+                partial(fit_readout, indep, config, seed, out / "images" / f"readout_s{seed}", progress))
         for graph in config.image_graphs:
             dag = resolve_graph(graph)
             assign, middle = role_assignment(dag, attrs, s)
@@ -329,15 +292,9 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
             k = attrs.index(middle)
             nh = min(config.hold_fixed_samples, config.image_probes)
             with timer("images_jvp"):  # under torchrun: this rank's (x0, z) pairs, then gathered
-                def jvp_block(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                    r = attribute_jvp(flow, a, b, classifier=readout, method=config.method, steps=config.solver_steps)
-                    return r.responses, r.outputs, r.samples
-
-                dy, outputs, generated = C.split_rows(jvp_block, x0, z)
+                dy, outputs, generated = C.split_rows(partial(R.image_responses, flow, readout, config), x0, z)
             with timer("images_hold_fixed"):
-                hold = C.split_rows(lambda a, b: hold_fixed_responses(
-                    flow, a, b, k, classifier=readout, method=config.method, steps=config.solver_steps,
-                    batch_size=64).responses, x0[:nh], z[:nh])
+                hold = C.split_rows(partial(R.image_responses, flow, readout, config, hold=k), x0[:nh], z[:nh])
             rename = dict(zip(dag.nodes, assign))
             true = DAG(attrs, [(rename[a], rename[b]) for a, b in dag.edges])  # over the read-out's columns
             with timer("images_estimators"):
