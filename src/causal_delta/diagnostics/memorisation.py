@@ -36,6 +36,10 @@ events):
 
 A trajectory that diverges (a non-finite end point, e.g. a memorising field driven off its lines
 from a fresh source) is counted (``nonfinite``), never a copy, and left out of distances and MMDs.
+
+Under ``torchrun`` the pushes of fresh and training sources through the flow are split over the
+ranks (each integrates its block of rows, gathered on every rank); the statistics, the gradient
+variance and the Jacobian spectra then run on every rank alike, and rank 0 writes the report.
 """
 
 from __future__ import annotations
@@ -198,6 +202,26 @@ def _mmd(x: Tensor, y: Tensor, bandwidth: float | None, what: str) -> dict[str, 
     return {**entry, "mmd2": v, "mmd2_biased": mmd2_biased(x[keep], y, h), "bandwidth": h}
 
 
+def _sample_rows(flow, x0: Tensor, *, method: str, steps: int, progress: bool) -> Tensor:
+    """``f(x0)`` ``(n, *event)`` by :func:`causal_delta.solvers.sample`, split over ranks under torchrun.
+
+    Each rank integrates its contiguous block of the rows (:func:`causal_delta.distributed.map_rows`)
+    and every rank gets all of them back, in row order, on ``x0``'s device; row ``i`` depends on
+    ``x0[i]`` alone, so the statistics do not depend on the number of processes. In one process
+    (or with fewer rows than processes, which every rank sees alike) this is ``sample`` itself.
+    """
+    from .. import distributed as dist
+    from ..solvers import sample
+
+    if dist.world_size() == 1 or x0.shape[0] < dist.world_size():
+        return sample(flow, x0, method=method, steps=steps, progress=progress)
+
+    def block(rows: range) -> Tensor:  # gathered on the CPU: gloo does not take CUDA tensors
+        return sample(flow, x0[rows.start:rows.stop], method=method, steps=steps, progress=progress).cpu()
+
+    return dist.map_rows(block, x0.shape[0]).to(x0.device)
+
+
 def _subset(n: int, m: int, generator: torch.Generator) -> Tensor:
     return torch.arange(n) if m <= 0 or m >= n else torch.randperm(n, generator=generator)[:m]
 
@@ -229,7 +253,6 @@ def diagnose_memorisation(
         a JSON-ready dict (see the module docstring for each entry).
     """
     from ..paths import GaussianSource
-    from ..solvers import sample
 
     cfg = config or MemorisationConfig()
     _check_targets("targets", targets)
@@ -251,7 +274,7 @@ def diagnose_memorisation(
     out: dict[str, Any] = {"n_train": n, "n_fresh": n_fresh, "event_shape": list(event),
                            "config": asdict(cfg), "copy_ratio_threshold": COPY_RATIO}
     spacing = _spacing(targets)
-    gen_fresh = sample(flow, fresh, method=cfg.method, steps=cfg.steps, progress=progress)
+    gen_fresh = _sample_rows(flow, fresh, method=cfg.method, steps=cfg.steps, progress=progress)
     out["fresh"] = nearest_copy_statistics(gen_fresh, targets, spacing)
     if n >= 3:
         out["real"] = real_copy_statistics(targets, heldout)
@@ -259,7 +282,8 @@ def diagnose_memorisation(
                            "bandwidth_rule": "given" if cfg.bandwidth is not None else "median heuristic (pooled)"}
     mmd["fresh_vs_train"] = _mmd(gen_fresh, targets, cfg.bandwidth, "f(fresh sources) vs training targets")
     if sources is not None:
-        gen_train = sample(flow, sources.to(torch.float32), method=cfg.method, steps=cfg.steps, progress=progress)
+        gen_train = _sample_rows(flow, sources.to(torch.float32), method=cfg.method, steps=cfg.steps,
+                                 progress=progress)
         out["own_pair"] = own_pair_statistics(gen_train, targets)
         out["train_sources"] = nearest_copy_statistics(gen_train, targets, spacing)
         mmd["memorisation"] = _mmd(gen_train, targets, cfg.bandwidth, "f(training sources) vs training targets")

@@ -257,6 +257,7 @@ def write_report(
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
             "processes": _dist.world_size(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,  # reads the timings
         },
     }
     _report.write_json(out_dir / "report.json", report)
@@ -395,7 +396,8 @@ def split_rows(fn: Callable[..., Any], *tensors: torch.Tensor) -> Any:
     ``torchrun`` each rank integrates its contiguous block of the samples
     (:func:`causal_delta.distributed.map_rows`) while the draws stay those of one process: every
     rank draws all of ``tensors`` from the seed and slices its block, so the report does not
-    depend on the number of processes. In one process this is ``fn(*tensors)``.
+    depend on the number of processes. In one process, or with fewer rows than processes, this is
+    ``fn(*tensors)`` (on every rank).
 
     Args:
         fn: maps slices of ``tensors`` (the same rows of each) to a tensor or a tuple of tensors
@@ -412,6 +414,8 @@ def split_rows(fn: Callable[..., Any], *tensors: torch.Tensor) -> Any:
         out = fn(*(t[rows.start:rows.stop] for t in tensors))
         return tuple(o.detach().cpu() for o in out) if isinstance(out, (tuple, list)) else out.detach().cpu()
 
+    if n < dist.world_size():  # too few rows to give every rank one: each rank computes them all
+        return block(range(n))
     return dist.map_rows(block, n)
 
 

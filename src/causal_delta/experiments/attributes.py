@@ -38,6 +38,10 @@ The hypothesis graphs (PC on the labels, JVP-PC on the generator) come from
 
 Figures: ``sweep.png`` (conditioned correlation vs kept fraction, with the other estimates)
 and ``samples.png`` (real and generated images).
+
+Under ``torchrun``: the flow trains with DDP, the classifier (not DDP-aware, it writes
+checkpoints) is trained by rank 0 alone and then loaded by every rank, each rank integrates its
+block of the JVP and hold-fixed samples, and rank 0 writes the report from the gathered responses.
 """
 
 from __future__ import annotations
@@ -273,7 +277,8 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
                 weights_path=config.classifier_weights, steps=config.classifier_steps,
                 batch_size=config.classifier_batch_size, lr=config.classifier_lr, seed=config.seed,
                 out_dir=str(out / "classifier"), device=str(device))
-            clf_report = train_classifier(clf_cfg, progress=progress).report
+            # not DDP: rank 0 trains (and writes the checkpoints) alone, then every rank loads it
+            clf_report = C.on_main(lambda: train_classifier(clf_cfg, progress=progress).report)
             clf_path = out / "classifier"
         clf = load_classifier(clf_path, attributes=list(triple), device=device)
         try:
@@ -286,29 +291,38 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
         with C.seeded(config.seed + 1) as gen:
             x0 = torch.randn(config.n_samples, *event, generator=gen)
             z = make_probes(config.n_samples, event, probes=1, normalize=True, generator=gen)[:, 0]
-        dys, gens, outs = [], [], []
-        chunks = range(0, config.n_samples, config.jvp_batch_size)
-        for s in C.progress(chunks, desc="attributes: JVP of classifier∘flow", enabled=progress):
-            e = s + config.jvp_batch_size
-            res = attribute_jvp(flow, x0[s:e].to(device), z[s:e].to(device),
-                                classifier=clf, method=config.method, steps=config.solver_steps,
-                                batch_size=config.jvp_batch_size)
-            dys.append(res.responses.cpu())
-            gens.append(res.samples.cpu())
-            outs.append(res.outputs.cpu())
-        dy, generated, gen_logits = torch.cat(dys).double(), torch.cat(gens), torch.cat(outs)
+
+        def jvp_block(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            dys, gens, outs = [], [], []
+            chunks = range(0, a.shape[0], config.jvp_batch_size)
+            for s in C.progress(chunks, desc="attributes: JVP of classifier∘flow", enabled=progress):
+                e = s + config.jvp_batch_size
+                res = attribute_jvp(flow, a[s:e].to(device), b[s:e].to(device),
+                                    classifier=clf, method=config.method, steps=config.solver_steps,
+                                    batch_size=config.jvp_batch_size)
+                dys.append(res.responses.cpu())
+                gens.append(res.samples.cpu())
+                outs.append(res.outputs.cpu())
+            return torch.cat(dys), torch.cat(gens), torch.cat(outs)
+
+        dy, generated, gen_logits = C.split_rows(jvp_block, x0, z)  # under torchrun: this rank's pairs
+        dy = dy.double()
 
     with timer("hold_fixed"):
         n_hf = min(config.hold_fixed_samples, config.n_samples)
-        hfs = []
-        for s in C.progress(range(0, n_hf, config.hold_fixed_chunk), desc="attributes: hold-fixed probes",
-                            enabled=progress):
-            e = min(s + config.hold_fixed_chunk, n_hf)
-            res = hold_fixed_responses(flow, x0[s:e].to(device), z[s:e].to(device), 0, classifier=clf,
-                                       method=config.method, steps=config.solver_steps,
-                                       batch_size=config.hold_fixed_chunk)
-            hfs.append(res.responses.cpu())
-        dy_hf = torch.cat(hfs).double()
+
+        def hold_block(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            hfs = []
+            for s in C.progress(range(0, a.shape[0], config.hold_fixed_chunk), desc="attributes: hold-fixed probes",
+                                enabled=progress):
+                e = s + config.hold_fixed_chunk
+                res = hold_fixed_responses(flow, a[s:e].to(device), b[s:e].to(device), 0, classifier=clf,
+                                           method=config.method, steps=config.solver_steps,
+                                           batch_size=config.hold_fixed_chunk)
+                hfs.append(res.responses.cpu())
+            return torch.cat(hfs)
+
+        dy_hf = C.split_rows(hold_block, x0[:n_hf], z[:n_hf]).double()
 
     with timer("fidelity"):
         real = load_celeba(config.celeba_root, split="valid", attributes=list(triple), size=S,

@@ -27,12 +27,19 @@ held-out SCM scenes). Graphs: PC on the labels (Fisher-z) and JVP-PC (the condit
 correlation as CI test) against the true graph (SHD). Every flow also gets the memorisation
 diagnostic (own-pair / nearest-copy ratio / Jacobian rank, :data:`MEMORISATION_ROWS`), one line
 in ``summary.md``.
+
+Under ``torchrun``: the flows train with DDP; each seed's read-out (not DDP-aware, it writes
+checkpoints) is trained by rank 0 alone and broadcast; each rank integrates its block of the
+samples for the responses (plain and held fixed, JVP-PC's included), the generated samples and
+the memorisation diagnostic; every rank then runs the estimators and searches on the gathered
+responses, and rank 0 writes.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +47,7 @@ import numpy as np
 import torch
 
 from . import _common as C
+from . import _known_graphs_responses as R
 
 __all__ = ["KnownGraphsConfig", "run_known_graphs", "role_assignment", "MEMORISATION_ROWS"]
 
@@ -191,7 +199,6 @@ def _graph_entry(dag, names, dy, data, config, hold=None, seed=0, oracle=None) -
 def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> list[dict[str, Any]]:
     from ..datasets.scm import SCM, resolve_graph
     from ..graphs import KNOWN_GRAPHS
-    from ..graphs.jvp_pc import ResponseOracle
     from ._graph_verdicts import middle_node
 
     rows = []
@@ -214,14 +221,14 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) ->
                 z = torch.randn(config.tabular_probes, 1, scm.dim, generator=gen)
             with timer("tabular_estimators"):
                 # identity read-out; hold-fixed gradients by forward mode (d is small)
-                oracle = ResponseOracle(flow, x0, z, features=list(range(scm.dim)), method=config.method,
-                                        steps=config.solver_steps, gradient_mode="forward", batch_size=1024)
+                oracle = R.split_oracle(flow, x0, z, features=list(range(scm.dim)), method=config.method,
+                                         steps=config.solver_steps, gradient_mode="forward", batch_size=1024)
                 dy = oracle.responses()
                 hold = None
                 if len(dag.nodes) == 3 and len(dag.edges) == 2:
                     hold = oracle.responses((scm.index(middle_node(dag)[3]),))
                 entry = _graph_entry(dag, scm.names, dy, data, config, hold=hold, seed=seed, oracle=oracle)
-            samples = _generate(flow, x0, config)
+            samples = R.generate(flow, x0, config)
             memorisation = None
             if config.memorisation:
                 with timer("tabular_memorisation"):
@@ -232,13 +239,6 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) ->
                          generated_corr=_corr(samples), data_corr_matrix=_corr(data), memorisation=memorisation)
             rows.append(entry)
     return rows
-
-
-def _generate(flow, x0, config):
-    from ..solvers import integrate
-
-    with torch.no_grad():
-        return integrate(flow, x0, method=config.method, steps=config.solver_steps).x
 
 
 def _corr(x) -> list:
@@ -256,9 +256,7 @@ def _stats(y) -> dict[str, Any]:
 def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> tuple[list[dict], dict]:
     from ..datasets.scenes import SceneSource
     from ..datasets.scm import resolve_graph
-    from ..dependence import hold_fixed_responses
     from ..graphs import DAG
-    from ..jvp import attribute_jvp
     from ._known_graphs_readout import fit_readout
 
     attrs = tuple(config.attributes)
@@ -267,8 +265,9 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
         seed = config.seed + s
         indep = SceneSource("independent", attrs, independent=True, nuisance=config.nuisance,
                             image_size=config.image_size, seed=seed)
-        with timer("images_readout"):
-            readout, readout_info = fit_readout(indep, config, seed, out / "images" / f"readout_s{seed}", progress)
+        with timer("images_readout"):  # not DDP (it writes checkpoints): rank 0 trains, every rank gets it
+            readout, readout_info = C.on_main(
+                partial(fit_readout, indep, config, seed, out / "images" / f"readout_s{seed}", progress))
         for graph in config.image_graphs:
             dag = resolve_graph(graph)
             assign, middle = role_assignment(dag, attrs, s)
@@ -292,23 +291,21 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
                 z = torch.randn(config.image_probes, *src.event_shape, generator=gen)
             k = attrs.index(middle)
             nh = min(config.hold_fixed_samples, config.image_probes)
-            with timer("images_jvp"):
-                res = attribute_jvp(flow, x0, z, classifier=readout, method=config.method,
-                                    steps=config.solver_steps)
+            with timer("images_jvp"):  # under torchrun: this rank's (x0, z) pairs, then gathered
+                dy, outputs, generated = C.split_rows(partial(R.image_responses, flow, readout, config), x0, z)
             with timer("images_hold_fixed"):
-                hold = hold_fixed_responses(flow, x0[:nh], z[:nh], k, classifier=readout, method=config.method,
-                                            steps=config.solver_steps, batch_size=64).responses
+                hold = C.split_rows(partial(R.image_responses, flow, readout, config, hold=k), x0[:nh], z[:nh])
             rename = dict(zip(dag.nodes, assign))
             true = DAG(attrs, [(rename[a], rename[b]) for a, b in dag.edges])  # over the read-out's columns
             with timer("images_estimators"):
-                entry = _graph_entry(true, attrs, res.responses, u, config, hold=hold, seed=seed)
+                entry = _graph_entry(true, attrs, dy, u, config, hold=hold, seed=seed)
             memorisation = None
             if config.memorisation:
                 with timer("images_memorisation"):
                     memorisation = C.memorisation_check(
                         flow, real[:MEMORISATION_ROWS], out / "images" / name / "memorisation",
                         method=config.method, steps=config.solver_steps, seed=seed, n_fresh=500)
-            gen_out = res.outputs.double()
+            gen_out = outputs.double()
             r2 = 1 - ((pred - u) ** 2).mean(0) / u.var(0)
             gap = np.abs(np.array(_corr(gen_out)) - np.array(_corr(pred)))
             entry.update(level="images", name=graph, seed=seed, assignment=rename,
@@ -318,7 +315,7 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
                                    "readout_on_generated": _stats(gen_out), "corr_gap_max": float(gap.max()),
                                    "std_ratio_generated_vs_training": (gen_out.std(0) / pred.std(0)).tolist()})
             rows.append(entry)
-            samples[name] = (real[:8], res.samples[:8])
+            samples[name] = (real[:8], generated[:8])
     return rows, samples
 
 
@@ -361,8 +358,7 @@ def run_known_graphs(config: KnownGraphsConfig, out_dir: str | os.PathLike, *, p
         images, samples = _run_images(config, out, progress, timer)
     with timer("figures"):
         figs = figures(out, tabular, images, samples)
-    results = {"tabular": tabular, "images": images, "headline": headline(tabular, images),
-               "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    results = {"tabular": tabular, "images": images, "headline": headline(tabular, images)}
     return C.write_report(out, experiment="known-graphs", paper="issue 9 (known-graph benchmarks)", config=config,
                           quick=config.size == "quick", results=results, published=None, timer=timer, figures=figs,
                           summary=summary_markdown(tabular, images))

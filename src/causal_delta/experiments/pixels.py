@@ -39,6 +39,10 @@ beside the same statistic for the training images themselves (leave-one-out), an
 Figures: ``derivative.png`` (the "derivative image" ``J z`` of Figure 3, with ``x0``, ``z``
 and ``f(x0)``), ``scatter.png`` (JVP vs empirical entries), ``corr_maps.png`` (correlation of
 the first pixel of the pair with every pixel: JVP, generated, real) and ``samples.png``.
+
+Under ``torchrun``: rank 0 writes the training images' file, the UNet trains with DDP, each rank
+integrates its block of the ``(x0, z)`` pairs (and of the diagnostic's fresh sources), and the
+statistics (on the gathered responses, identical on every rank) are written by rank 0.
 """
 
 from __future__ import annotations
@@ -171,8 +175,8 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
         pa, pb = map_pixel_pair(config.pixel_pair, H, W)
         r0, r1, c0, c1 = region_box((pa, pb), config.region, H, W)
         data_path = out / "train" / "data.pt"
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(data.images, data_path)
+        # rank 0 writes the file every rank's training loop reads; on_main waits for it
+        C.on_main(lambda: _save_tensor(data.images, data_path))
 
     with timer("train"):
         flow, losses, checkpoint = C.train_model(
@@ -185,16 +189,18 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
         x0 = torch.randn(config.n_samples, C_, H, W, generator=gen)
         z = torch.randn(config.n_samples, C_, H, W, generator=gen)
     with timer("jvp"):
-        xs, dxs = [], []
-        chunks = range(0, config.n_samples, config.jvp_batch_size)
-        for s in C.progress(chunks, desc="pixels: JVP through the solver", enabled=progress):
-            res = jvp_forward(flow, x0[s: s + config.jvp_batch_size].to(device),
-                              z[s: s + config.jvp_batch_size].to(device),
-                              method=config.method, steps=config.solver_steps)
-            xs.append(res.x.cpu())
-            dxs.append(res.jvp.cpu())
-        gen_images = torch.cat(xs)
-        delta = torch.cat(dxs)
+        def block(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            xs, dxs = [], []
+            chunks = range(0, a.shape[0], config.jvp_batch_size)
+            for s in C.progress(chunks, desc="pixels: JVP through the solver", enabled=progress):
+                res = jvp_forward(flow, a[s: s + config.jvp_batch_size].to(device),
+                                  b[s: s + config.jvp_batch_size].to(device),
+                                  method=config.method, steps=config.solver_steps)
+                xs.append(res.x.cpu())
+                dxs.append(res.jvp.cpu())
+            return torch.cat(xs), torch.cat(dxs)
+
+        gen_images, delta = C.split_rows(block, x0, z)  # under torchrun: this rank's (x0, z) pairs
     with timer("fd_check"):
         fd_check = _fd_vs_forward(flow, x0[:4].to(device), z[:4].to(device), config)
     with timer("memorisation"):
@@ -344,6 +350,17 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
     return C.write_report(out, experiment="pixels", paper="Section 6.3, Table 5", config=config,
                           quick=config.size == "quick", results=results, published=PUBLISHED,
                           timer=timer, figures=figures, summary=summary + "\n")
+
+
+def _save_tensor(tensor: torch.Tensor, path) -> None:
+    """``torch.save`` through the atomic writer (:func:`causal_delta.report.atomic_write_bytes`)."""
+    import io
+
+    from ..report import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(tensor, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _fd_vs_forward(flow, x0, z, config) -> dict[str, float]:
