@@ -147,7 +147,7 @@ def dual_group_norm(layer: nn.GroupNorm, h: Tensor, dh: Tensor) -> tuple[Tensor,
 def _group_norm_primal(layer: nn.GroupNorm, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, μ, r)`` of one fused ``native_group_norm`` call (μ, r of shape (B, G))."""
     b, ch = h.shape[0], h.shape[1]
-    return torch.native_group_norm(h, layer.weight, layer.bias, b, ch, h[0, 0].numel(), layer.num_groups,
+    return torch.native_group_norm(h, layer.weight, layer.bias, b, ch, math.prod(h.shape[2:]), layer.num_groups,
                                    layer.eps)
 
 
@@ -163,7 +163,7 @@ def _group_norm_tangent(layer: nn.GroupNorm, h: Tensor, dh: Tensor, mu: Tensor, 
     shape = h.shape
     b, ch, g = shape[0], shape[1], layer.num_groups
     P = dh.shape[0] // b
-    hw = h[0, 0].numel()
+    hw = math.prod(shape[2:])
     view = (1,) * (len(shape) - 2)
     if P == 1:
         dhat = torch.ops.aten.native_group_norm_backward(dh, h, mu, r, None, b, ch, hw, g, [True, False, False])[0]
