@@ -225,8 +225,8 @@ class AttnBlock(nn.Module):
         q, k, v = self._heads(hs[:b])
         dq, dk, dv = self._heads(hs[b:])
         o, do = dual_attention(q, k, v, dq, dk, dv, 1.0 / math.sqrt(q.shape[-1]), heads=self.heads)
-        os = torch.cat([self._merge(o, xs[:b].shape), self._merge(do, xs[b:].shape)])
-        return stacked_conv2d(self.proj, os, b).add_(xs)
+        ohs = torch.cat([self._merge(o, xs[:b].shape), self._merge(do, xs[b:].shape)])
+        return stacked_conv2d(self.proj, ohs, b).add_(xs)
 
 
 class Downsample(nn.Module):
@@ -257,9 +257,9 @@ def resize_nearest(h: Tensor, size: tuple[int, int]) -> Tensor:
     (H, W), (oh, ow) = h.shape[-2:], size
 
     def src(n_in: int, n_out: int) -> Tensor:
-        scale = torch.tensor(n_in, dtype=torch.float32) / n_out
-        idx = torch.floor(torch.arange(n_out, dtype=torch.float32) * scale).long().clamp_max(n_in - 1)
-        return idx.to(h.device)
+        scale = torch.tensor(n_in, dtype=torch.float32, device=h.device) / n_out
+        i = torch.arange(n_out, dtype=torch.float32, device=h.device)
+        return torch.floor(i * scale).long().clamp_max(n_in - 1)
 
     h = h.index_select(-2, src(H, oh))
     if ow % W == 0:
