@@ -5,7 +5,8 @@ Prints, for the paper's 28x28 UNet (preset ``unet-28``, eval mode, float32, no_g
 1. time ratios JVP / sampling per solver step (Euler and RK4; batch 8 and 32). A solver step
    of the augmented system (x, ẋ) is the same loop body as a plain step, so the step ratio is the
    ratio of whole runs at 20 or 100 steps; whole runs are timed too (skip with ``--no-full-run``).
-   Routes: the model's hand-written ``forward_jvp`` (stacked-tangent layers; target <= 2.0),
+   Routes: the model's hand-written ``forward_jvp`` (primal and tangent carried as one stacked
+   batch ``[h; dh]``, one convolution call per layer; target <= 2.0),
    ``torch.func.jvp``, and central finite differences as one batch of 2B.
 2. peak RSS of a forward-mode JVP at 100 steps / 20 steps (target <= 1.2), each in its own
    subprocess (``resource.getrusage`` maxrss), with the baseline after loading the model.
