@@ -44,7 +44,7 @@ def test_stacked_forward_jvp_no_grad_matches_func_jvp(size, probes):
 
 
 def test_resize_nearest_is_interpolate_bit_for_bit():
-    from causal_delta.models.unet import resize_nearest
+    from causal_delta.models._common import resize_nearest
 
     g = torch.Generator().manual_seed(5)
     for n_in in (1, 2, 3, 4, 5, 7, 13, 14, 28, 33):
