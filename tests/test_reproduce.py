@@ -85,6 +85,17 @@ def test_pixels_quick_on_digits(tmp_path):
     assert res["dataset"]["classes"] == ["5"] and res["dataset"]["image_shape"] == [1, 8, 8]
     assert res["pixel_pair"]["mapped"] == [[4, 2], [5, 2]]
     assert res["region"]["n_pixels"] == 64 and res["region"]["n_pairs_compared"] == 2016
+    # solver and steps chosen by the discretisation check on the reported statistic (the region's JVP
+    # correlation, here every pixel): the chosen steps are the check's, the pair's estimate the check's
+    solver = res["solver"]
+    method, steps = solver["method"], solver["steps"]
+    assert cfg.method == "auto" and solver["chosen_by"].startswith("discretisation check")
+    assert solver["check"]["steps"] == steps >= cfg.solver_steps and solver["check"]["method"] == method
+    assert solver["check"]["samples"] == 64 and len(solver["check"]["estimate"]) == 64
+    assert res["pixel_pair"]["jvp"] == pytest.approx(solver["check"]["estimate"][4 * 8 + 2][5 * 8 + 2], abs=1e-6)
+    assert solver["line"] in (tmp_path / "summary.md").read_text()
+    assert res["memorisation"]["report"] and json.loads((tmp_path / "memorisation" / "report.json").read_text()
+                                                        )["config"]["steps"] == steps
     # Recompute each reported number by another route: the saved checkpoint, the library's
     # attribute_jvp (identity read-out over all 64 pixels), sample() and numpy's corrcoef.
     from causal_delta import dependence
@@ -96,9 +107,9 @@ def test_pixels_quick_on_digits(tmp_path):
     velocity, _ = load_flow(res["checkpoint"])
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     x0, z = torch.randn(64, 1, 8, 8, generator=gen), torch.randn(64, 1, 8, 8, generator=gen)
-    dy = attribute_jvp(velocity, x0, z, steps=cfg.solver_steps, method=cfg.method).responses.double()
+    dy = attribute_jvp(velocity, x0, z, steps=steps, method=method).responses.double()
     corr_jvp = dependence.correlation(dy).numpy()  # (64, 64), the paper's uncentred estimator
-    gen_img = sample(velocity, x0, steps=cfg.solver_steps, method=cfg.method).flatten(1).double().numpy()
+    gen_img = sample(velocity, x0, steps=steps, method=method).flatten(1).double().numpy()
     corr_gen = np.corrcoef(gen_img, rowvar=False)
     real = load_images("digits", classes=cfg.classes, size=cfg.image_size, limit=cfg.limit).images
     real = real.flatten(1).double().numpy()

@@ -433,7 +433,8 @@ def choose_solver(velocity, x0: torch.Tensor, probes: torch.Tensor, *, method: s
 
     ``method="auto"``: :func:`causal_delta.discretisation.choose_steps` over RK4, midpoint and Euler,
     doubling from ``steps``, on the experiment's own ``x0`` and ``probes``. A solver name: that
-    solver with ``steps`` as given, checked. ``readout`` (``classifier`` / ``features``) is passed on.
+    solver with ``steps`` as given, checked. ``readout``: the read-out (``classifier`` / ``features``;
+    none: the identity) and other keywords of the check (``batch_size``, ``mode``), passed on.
 
     Returns:
         JSON-ready ``{"method", "steps", "nfe", "chosen_by", "check", "trials", "line"}``; ``line``
