@@ -32,7 +32,10 @@ from causal_delta.graphs.pc import pc_labels
 def tabular_twin(tmp_path_factory):
     """Fork, chain and collider at three seeds, plus the five-node graph at one (test scale)."""
     # the memorisation line is checked by test_reproduce_quick_writes_its_files; here it would cost minutes
-    kw = dict(tabular_steps=400, tabular_probes=1000, n_rows=2000, image_graphs=(), n_boot=100, memorisation=False)
+    # the solver as before (midpoint, 8 steps; still checked): these tests are about the verdicts, and
+    # test_reproduce_quick_writes_its_files runs the per-flow choice ("auto")
+    kw = dict(tabular_steps=400, tabular_probes=1000, n_rows=2000, image_graphs=(), n_boot=100, memorisation=False,
+              method="midpoint")
     motifs = KnownGraphsConfig.quick(tabular_graphs=("fork", "chain", "collider"), tabular_seeds=(0, 1, 2), **kw)
     five = KnownGraphsConfig.quick(tabular_graphs=("five",), tabular_seeds=(0,), **kw)
     return [r for cfg in (motifs, five)

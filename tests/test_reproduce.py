@@ -8,7 +8,7 @@ import torch
 
 from causal_delta import cli
 from causal_delta.experiments import EXPERIMENTS, get_experiment
-from causal_delta.experiments.pixels import PAPER_PAIR, map_pixel_pair, region_box
+from causal_delta.experiments.pixels import PAPER_PAIR, map_pixel_pair, region_box, region_features
 
 REPORT_KEYS = {"experiment", "paper", "version", "quick", "seed", "config", "results", "published",
                "timings_s", "figures", "environment"}
@@ -73,6 +73,11 @@ def test_pixel_pair_mapping_and_region():
     assert region_box(((4, 2), (5, 2)), 8, 8, 8) == (0, 8, 0, 8)
     r0, r1, c0, c1 = region_box(((14, 8), (15, 8)), 8, 28, 28)
     assert r1 - r0 == 8 and c1 - c0 == 8 and r0 <= 14 < 15 < r1 and c0 <= 8 < c1
+    # the check's read-out: the region's pixels of channel 0, row-major, as the region statistics index them
+    assert region_features((0, 8, 0, 8), 8) == list(range(64))
+    img = torch.arange(3 * 28 * 28).reshape(1, 3, 28, 28)
+    box = img[0, 0, r0:r1, c0:c1].flatten().tolist()
+    assert img.flatten(1)[0, region_features((r0, r1, c0, c1), 28)].tolist() == box
 
 
 def test_pixels_quick_on_digits(tmp_path):
