@@ -88,6 +88,9 @@ class AttributesConfig(C.SizedConfig):
             steps from ``solver_steps`` until the half-steps check passes; a solver name uses
             ``solver_steps`` as given. Either way the check is reported (``results["solver"]``, one
             line in summary.md). The hold-fixed memory grows with the steps chosen.
+        max_solver_steps: the most steps ``"auto"`` may choose (the doubling stops there; when no solver
+            passes by then the closest check is used and the summary says so); it bounds the
+            hold-fixed memory, which grows with the velocity evaluations.
         check_samples: paired samples recomputed at half the steps by the check.
         n_samples: ``(x0, z)`` pairs; jvp_batch_size: samples per JVP call.
         condition_quantile: kept fraction when conditioning on small ``|Δy_k|``.
@@ -124,6 +127,7 @@ class AttributesConfig(C.SizedConfig):
     method: str = "auto"
     solver_steps: int = 50
     check_samples: int = 256
+    max_solver_steps: int = 100
     n_samples: int = 10_000
     jvp_batch_size: int = 100
     condition_quantile: float = 0.17
@@ -142,8 +146,8 @@ class AttributesConfig(C.SizedConfig):
         classifier_attributes=("Heavy_Makeup", "Pointy_Nose", "Rosy_Cheeks"), image_size=32, limit=5000,
         eval_limit=1000, preset="unet-small", overrides=(("base_channels", 8),), lr=2e-3, train_steps=1000,
         batch_size=32, ema_decay=None, classifier_arch="small-cnn", classifier_steps=300, classifier_batch_size=64,
-        classifier_lr=3e-3, solver_steps=10, n_samples=500, jvp_batch_size=250, hold_fixed_samples=200,
-        hold_fixed_chunk=25, fidelity_images=500, n_boot=200, device="cpu", size="quick")
+        classifier_lr=3e-3, solver_steps=10, max_solver_steps=40, n_samples=500, jvp_batch_size=250,
+        hold_fixed_samples=200, hold_fixed_chunk=25, fidelity_images=500, n_boot=200, device="cpu", size="quick")
 
 
 def top_share(values: Any, fraction: float = 0.01) -> float:
@@ -295,6 +299,7 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
         z = make_probes(config.n_samples, event, probes=1, normalize=True, generator=gen)[:, 0]
     with timer("steps"):  # checked on the reported statistic: the correlation of the classifier's responses
         solver = C.choose_solver(flow, x0.to(device), z.to(device), method=config.method, steps=config.solver_steps,
+                                 max_steps=config.max_solver_steps,
                                  subsample=config.check_samples, n_boot=config.n_boot, seed=config.seed,
                                  progress=progress, classifier=clf, batch_size=config.jvp_batch_size)
     method, steps = solver["method"], solver["steps"]

@@ -83,6 +83,8 @@ class PixelsConfig(C.SizedConfig):
             JVP correlation of the region's pixels on the run's ``(x0, z)`` — doubling the steps from
             ``solver_steps`` until the half-steps check passes; a solver name uses ``solver_steps``
             as given. Either way the check is reported (``results["solver"]``, one line in summary.md).
+        max_solver_steps: the most steps ``"auto"`` may choose (the doubling stops there; when no solver
+            passes by then the closest check is used and the summary says so).
         check_samples: paired samples recomputed at half the steps by the check.
         n_samples: number of ``(x0, z)`` pairs.
         jvp_batch_size: samples per JVP integration call.
@@ -108,6 +110,7 @@ class PixelsConfig(C.SizedConfig):
     method: str = "auto"
     solver_steps: int = 50
     check_samples: int = 256
+    max_solver_steps: int = 1024
     n_samples: int = 1000
     jvp_batch_size: int = 250
     pixel_pair: tuple = PAPER_PAIR
@@ -201,6 +204,7 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
         z = torch.randn(config.n_samples, C_, H, W, generator=gen)
     with timer("steps"):  # checked on the reported statistic: the JVP correlation of the region's pixels
         solver = C.choose_solver(flow, x0.to(device), z.to(device), method=config.method, steps=config.solver_steps,
+                                 max_steps=config.max_solver_steps,
                                  subsample=config.check_samples, n_boot=config.n_boot, seed=config.seed,
                                  progress=progress, features=region_features((r0, r1, c0, c1), W),
                                  batch_size=config.jvp_batch_size)
