@@ -211,3 +211,27 @@ def test_memorisation_verdict_needs_a_material_and_significant_excess_over_real_
     assert memorisation_verdict({**base, "n_fresh": 2000, "copy_fraction": 0.17}) == "memorised"
     assert memorisation_verdict({"n_fresh": 10, "n_train": 2, "copy_fraction": 0.6, "real_copy_fraction": None}) == \
         "memorised"
+
+
+def test_choose_solver_cap_and_named_solver():
+    """``choose_solver`` on the closed-form Gaussian flow: a cap that no solver passes is said so, the
+    closest check is used; a solver name keeps its steps and is still checked; a cap below the start fails."""
+    from causal_delta.closed_form import GaussianFlow
+    from causal_delta.experiments._common import choose_solver
+
+    flow = GaussianFlow(torch.tensor([[1.0, 0.55], [0.55, 1.0]], dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    x0, z = torch.randn(2000, 2, generator=gen, dtype=torch.float64), torch.randn(2000, 2, generator=gen,
+                                                                                  dtype=torch.float64)
+    capped = choose_solver(flow.velocity, x0, z, steps=2, max_steps=2, subsample=400, n_boot=100, progress=False)
+    assert capped["passed"] is False and capped["steps"] == 2 and capped["check"]["converged"] is False
+    assert "no solver passed within 2 steps" in capped["chosen_by"] and "not converged" in capped["line"]
+    ratios = {m: t["checks"][0]["ratio"] for m, t in capped["trials"].items()}
+    assert capped["check"]["ratio"] == min(ratios.values()) > 1 and capped["method"] == min(ratios, key=ratios.get)
+    free = choose_solver(flow.velocity, x0, z, steps=2, subsample=400, n_boot=100, progress=False)
+    assert free["passed"] and free["steps"] > 2 and free["chosen_by"] == "discretisation check (choose_steps)"
+    named = choose_solver(flow.velocity, x0, z, method="euler", steps=4, subsample=400, n_boot=100, progress=False)
+    assert (named["method"], named["steps"], named["chosen_by"]) == ("euler", 4, "config")
+    assert named["check"]["steps"] == 4 and named["check"]["verdict"] == "not converged"  # 4 Euler steps: too few
+    with pytest.raises(ValueError, match=r"max_steps .* must be at least the starting steps \(8\)"):
+        choose_solver(flow.velocity, x0, z, steps=8, max_steps=4, progress=False)
