@@ -26,7 +26,8 @@ and correlations on generated vs training images — and the read-out's own erro
 held-out SCM scenes). Graphs: PC on the labels (Fisher-z) and JVP-PC (the conditioned JVP
 correlation as CI test) against the true graph (SHD). Every flow also gets the memorisation
 diagnostic (own-pair / nearest-copy ratio / Jacobian rank, :data:`MEMORISATION_ROWS`), one line
-in ``summary.md``.
+in ``summary.md``; every flow's solver and steps come from its own discretisation check (one line
+in ``summary.md``, ``solver`` in its entry).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ r"""Section 6.3 / Table 5: JVP pixel correlations of an image flow against empir
 A UNet is trained by flow matching on one class of real images (paper: MNIST fives, UNet base
 64, mult (1, 2, 4, 8, 16), AdamW 2e-4, batch 64, 10,001 steps). Then ``n_samples`` source
 points ``x0 ~ N(0, I)`` and Gaussian probes ``z ~ N(0, I)`` give, by forward mode through the
-solver, the responses ``Δ = J_f(x0) z`` and the generated images ``f(x0)``. For pixels
-``i, j``:
+solver, the responses ``Δ = J_f(x0) z`` and the generated images ``f(x0)`` (solver and steps
+chosen by the discretisation check of the region's JVP correlation, see :class:`PixelsConfig`).
+For pixels ``i, j``:
 
 - **JVP correlation** (the paper's estimator): ``S_ij / sqrt(S_ii S_jj)`` with the uncentred
   second moment ``S = E[Δ Δᵀ]`` (:func:`causal_delta.dependence.correlation`);
