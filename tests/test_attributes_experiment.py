@@ -58,8 +58,16 @@ def test_reproduce_attributes_quick_end_to_end(mini, tmp_path, capsys):
     assert res["classifier"]["held_out"]["n"] == 7
     text = (out / "summary.md").read_text()
     assert "hold-fixed probes" in text and "generator fidelity" in text
+    # solver and steps chosen by the discretisation check on the classifier's responses to these probes:
+    # the chosen steps are the check's, and the JVP estimate is the check's estimate at those steps
+    solver = res["solver"]
+    assert rep["config"]["method"] == "auto" and solver["chosen_by"].startswith("discretisation check")
+    assert solver["check"]["steps"] == solver["steps"] >= 4 and solver["check"]["samples"] == 48
+    assert res["jvp"]["estimate"] == pytest.approx(solver["check"]["estimate"][1][2], abs=1e-6)
+    assert solver["line"] in text
     # reuse both trained models: a classifier without the triple's attributes is refused
     cfg = AttributesConfig.quick(celeba_root=str(mini), image_size=16, n_samples=8, jvp_batch_size=8, solver_steps=2,
+                                 method="midpoint",
                                  hold_fixed_samples=4, hold_fixed_chunk=4, n_boot=10, fidelity_images=4,
                                  flow_checkpoint=str(out / "train"), classifier_checkpoint=str(out / "classifier"),
                                  pair=("Pointy_Nose", "Smiling"))
@@ -68,6 +76,10 @@ def test_reproduce_attributes_quick_end_to_end(mini, tmp_path, capsys):
     again = run_attributes(dataclasses.replace(cfg, pair=("Pointy_Nose", "Rosy_Cheeks")), tmp_path / "again",
                            progress=False)["results"]
     assert again["flow"]["train_steps"] == 0 and again["conditioned"]["n"] == 8
+    # a solver name keeps its steps; the check is still run and reported
+    assert again["solver"]["chosen_by"] == "config" and (again["solver"]["method"], again["solver"]["steps"]) == (
+        "midpoint", 2)
+    assert again["solver"]["check"]["steps"] == 2 and again["solver"]["check"]["coarse_steps"] == 1
 
 
 def test_config_errors(mini, tmp_path, capsys):

@@ -32,7 +32,10 @@ from causal_delta.graphs.pc import pc_labels
 def tabular_twin(tmp_path_factory):
     """Fork, chain and collider at three seeds, plus the five-node graph at one (test scale)."""
     # the memorisation line is checked by test_reproduce_quick_writes_its_files; here it would cost minutes
-    kw = dict(tabular_steps=400, tabular_probes=1000, n_rows=2000, image_graphs=(), n_boot=100, memorisation=False)
+    # the solver as before (midpoint, 8 steps; still checked): these tests are about the verdicts, and
+    # test_reproduce_quick_writes_its_files runs the per-flow choice ("auto")
+    kw = dict(tabular_steps=400, tabular_probes=1000, n_rows=2000, image_graphs=(), n_boot=100, memorisation=False,
+              method="midpoint")
     motifs = KnownGraphsConfig.quick(tabular_graphs=("fork", "chain", "collider"), tabular_seeds=(0, 1, 2), **kw)
     five = KnownGraphsConfig.quick(tabular_graphs=("five",), tabular_seeds=(0,), **kw)
     return [r for cfg in (motifs, five)
@@ -113,6 +116,18 @@ def test_reproduce_quick_writes_its_files(tmp_path, capsys):
     # the memorisation diagnostic beside the estimates: one line in summary.md, numbers per flow
     line = next(ln for ln in summary.splitlines() if ln.startswith("**Memorisation diagnostic**"))
     assert "tabular (" in line and "images (" in line and "Jacobian rank" in line
+    # each flow's solver and steps come from its own discretisation check (identity read-out for the
+    # tabular twin, the scene read-out for images): the chosen steps are the check's, its diagnostic
+    # ran on them, and the motif's JVP correlation is the check's estimate at those steps
+    assert next(ln for ln in summary.splitlines() if ln.startswith("**Solver**")).count("check passed for") == 2
+    for row in res["tabular"] + res["images"]:
+        s = row["solver"]
+        assert s["chosen_by"].startswith("discretisation check") and s["check"]["steps"] == s["steps"] >= 8
+        assert json.loads(Path(row["memorisation"]["report"]).read_text())["config"]["steps"] == s["steps"]
+        if "motif" in row:
+            i, j = (row["nodes"].index(v) for v in row["motif"]["pair"])
+            assert row["motif"]["raw"]["jvp"]["estimate"] == pytest.approx(s["check"]["estimate"][i][j], abs=1e-6)
+    assert sum("motif" in row for row in res["tabular"] + res["images"]) == 2
     for row in res["tabular"] + res["images"]:
         mem = row["memorisation"]
         assert 0.0 <= mem["copy_fraction"] <= 1.0 and 0.0 < mem["real_median_ratio"] < 1.0

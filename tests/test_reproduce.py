@@ -8,7 +8,7 @@ import torch
 
 from causal_delta import cli
 from causal_delta.experiments import EXPERIMENTS, get_experiment
-from causal_delta.experiments.pixels import PAPER_PAIR, map_pixel_pair, region_box
+from causal_delta.experiments.pixels import PAPER_PAIR, map_pixel_pair, region_box, region_features
 
 REPORT_KEYS = {"experiment", "paper", "version", "quick", "seed", "config", "results", "published",
                "timings_s", "figures", "environment"}
@@ -73,6 +73,11 @@ def test_pixel_pair_mapping_and_region():
     assert region_box(((4, 2), (5, 2)), 8, 8, 8) == (0, 8, 0, 8)
     r0, r1, c0, c1 = region_box(((14, 8), (15, 8)), 8, 28, 28)
     assert r1 - r0 == 8 and c1 - c0 == 8 and r0 <= 14 < 15 < r1 and c0 <= 8 < c1
+    # the check's read-out: the region's pixels of channel 0, row-major, as the region statistics index them
+    assert region_features((0, 8, 0, 8), 8) == list(range(64))
+    img = torch.arange(3 * 28 * 28).reshape(1, 3, 28, 28)
+    box = img[0, 0, r0:r1, c0:c1].flatten().tolist()
+    assert img.flatten(1)[0, region_features((r0, r1, c0, c1), 28)].tolist() == box
 
 
 def test_pixels_quick_on_digits(tmp_path):
@@ -85,6 +90,17 @@ def test_pixels_quick_on_digits(tmp_path):
     assert res["dataset"]["classes"] == ["5"] and res["dataset"]["image_shape"] == [1, 8, 8]
     assert res["pixel_pair"]["mapped"] == [[4, 2], [5, 2]]
     assert res["region"]["n_pixels"] == 64 and res["region"]["n_pairs_compared"] == 2016
+    # solver and steps chosen by the discretisation check on the reported statistic (the region's JVP
+    # correlation, here every pixel): the chosen steps are the check's, the pair's estimate the check's
+    solver = res["solver"]
+    method, steps = solver["method"], solver["steps"]
+    assert cfg.method == "auto" and solver["chosen_by"].startswith("discretisation check")
+    assert solver["check"]["steps"] == steps >= cfg.solver_steps and solver["check"]["method"] == method
+    assert solver["check"]["samples"] == 64 and len(solver["check"]["estimate"]) == 64
+    assert res["pixel_pair"]["jvp"] == pytest.approx(solver["check"]["estimate"][4 * 8 + 2][5 * 8 + 2], abs=1e-6)
+    assert solver["line"] in (tmp_path / "summary.md").read_text()
+    assert res["memorisation"]["report"] and json.loads((tmp_path / "memorisation" / "report.json").read_text()
+                                                        )["config"]["steps"] == steps
     # Recompute each reported number by another route: the saved checkpoint, the library's
     # attribute_jvp (identity read-out over all 64 pixels), sample() and numpy's corrcoef.
     from causal_delta import dependence
@@ -96,9 +112,9 @@ def test_pixels_quick_on_digits(tmp_path):
     velocity, _ = load_flow(res["checkpoint"])
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     x0, z = torch.randn(64, 1, 8, 8, generator=gen), torch.randn(64, 1, 8, 8, generator=gen)
-    dy = attribute_jvp(velocity, x0, z, steps=cfg.solver_steps, method=cfg.method).responses.double()
+    dy = attribute_jvp(velocity, x0, z, steps=steps, method=method).responses.double()
     corr_jvp = dependence.correlation(dy).numpy()  # (64, 64), the paper's uncentred estimator
-    gen_img = sample(velocity, x0, steps=cfg.solver_steps, method=cfg.method).flatten(1).double().numpy()
+    gen_img = sample(velocity, x0, steps=steps, method=method).flatten(1).double().numpy()
     corr_gen = np.corrcoef(gen_img, rowvar=False)
     real = load_images("digits", classes=cfg.classes, size=cfg.image_size, limit=cfg.limit).images
     real = real.flatten(1).double().numpy()
@@ -195,3 +211,27 @@ def test_memorisation_verdict_needs_a_material_and_significant_excess_over_real_
     assert memorisation_verdict({**base, "n_fresh": 2000, "copy_fraction": 0.17}) == "memorised"
     assert memorisation_verdict({"n_fresh": 10, "n_train": 2, "copy_fraction": 0.6, "real_copy_fraction": None}) == \
         "memorised"
+
+
+def test_choose_solver_cap_and_named_solver():
+    """``choose_solver`` on the closed-form Gaussian flow: a cap that no solver passes is said so, the
+    closest check is used; a solver name keeps its steps and is still checked; a cap below the start fails."""
+    from causal_delta.closed_form import GaussianFlow
+    from causal_delta.experiments._common import choose_solver
+
+    flow = GaussianFlow(torch.tensor([[1.0, 0.55], [0.55, 1.0]], dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    x0, z = torch.randn(2000, 2, generator=gen, dtype=torch.float64), torch.randn(2000, 2, generator=gen,
+                                                                                  dtype=torch.float64)
+    capped = choose_solver(flow.velocity, x0, z, steps=2, max_steps=2, subsample=400, n_boot=100, progress=False)
+    assert capped["passed"] is False and capped["steps"] == 2 and capped["check"]["converged"] is False
+    assert "no solver passed within 2 steps" in capped["chosen_by"] and "not converged" in capped["line"]
+    ratios = {m: t["checks"][0]["ratio"] for m, t in capped["trials"].items()}
+    assert capped["check"]["ratio"] == min(ratios.values()) > 1 and capped["method"] == min(ratios, key=ratios.get)
+    free = choose_solver(flow.velocity, x0, z, steps=2, subsample=400, n_boot=100, progress=False)
+    assert free["passed"] and free["steps"] > 2 and free["chosen_by"] == "discretisation check (choose_steps)"
+    named = choose_solver(flow.velocity, x0, z, method="euler", steps=4, subsample=400, n_boot=100, progress=False)
+    assert (named["method"], named["steps"], named["chosen_by"]) == ("euler", 4, "config")
+    assert named["check"]["steps"] == 4 and named["check"]["verdict"] == "not converged"  # 4 Euler steps: too few
+    with pytest.raises(ValueError, match=r"max_steps .* must be at least the starting steps \(8\)"):
+        choose_solver(flow.velocity, x0, z, steps=8, max_steps=4, progress=False)

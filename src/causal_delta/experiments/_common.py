@@ -431,13 +431,16 @@ def on_main(fn: Callable[[], Any]) -> Any:
 
 
 def choose_solver(velocity, x0: torch.Tensor, probes: torch.Tensor, *, method: str = "auto", steps: int = 4,
-                  subsample: int = 256, n_boot: int = 200, seed: int = 0, progress: bool = True,
+                  max_steps: int = 1024, subsample: int = 256, n_boot: int = 200, seed: int = 0, progress: bool = True,
                   **readout: Any) -> dict[str, Any]:
     """Solver and steps for an experiment's JVPs, from the discretisation check (issue 13, item 6).
 
     ``method="auto"``: :func:`causal_delta.discretisation.choose_steps` over RK4, midpoint and Euler,
-    doubling from ``steps``, on the experiment's own ``x0`` and ``probes``. A solver name: that
-    solver with ``steps`` as given, checked. ``readout`` (``classifier`` / ``features``) is passed on.
+    doubling from ``steps`` up to ``max_steps``, on the experiment's own ``x0`` and ``probes``; when no
+    solver passes within ``max_steps``, the check closest to passing is chosen and ``chosen_by`` and
+    ``line`` say so. A solver name: that solver with ``steps`` as given, checked. ``readout``: the
+    read-out (``classifier`` / ``features``; none: the identity) and other keywords of the check
+    (``batch_size``, ``mode``), passed on.
 
     Returns:
         JSON-ready ``{"method", "steps", "nfe", "chosen_by", "check", "trials", "line"}``; ``line``
@@ -447,8 +450,13 @@ def choose_solver(velocity, x0: torch.Tensor, probes: torch.Tensor, *, method: s
 
     kw = {"subsample": subsample, "n_boot": n_boot, "seed": seed, **readout}
     if method == "auto":
-        choice = choose_steps(velocity, x0, probes, start=max(int(steps), 2), progress=progress, **kw)
-        out = {**choice.to_dict(), "chosen_by": "discretisation check (choose_steps)"}
+        start = max(int(steps), 2)
+        if max_steps < start:
+            raise ValueError(f"max_steps (the most solver steps the check may choose, {max_steps}) must be at least "
+                             f"the starting steps ({start})")
+        choice = choose_steps(velocity, x0, probes, start=start, max_steps=max_steps, progress=progress, **kw)
+        how = "" if choice.passed else f"; no solver passed within {max_steps} steps, the closest is used"
+        out = {**choice.to_dict(), "chosen_by": f"discretisation check (choose_steps{how})"}
         check: Any = choice.check
     else:
         check = discretisation_check(velocity, x0, probes, method=method, steps=steps, **kw) if steps >= 2 else None

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import _common as C
 
-__all__ = ["headline", "summary_markdown", "figures"]
+__all__ = ["headline", "summary_markdown", "solver_line", "figures"]
 
 _EST = (("jvp", "JVP"), ("conditioned", "conditioned"), ("hold_fixed", "hold-fixed"))
 
@@ -127,6 +127,27 @@ def memorisation_line(tabular: list[dict], images: list[dict]) -> str:
             "draw, d1/d2 < 1/3): " + "; ".join(parts) + ". Per flow: `*/memorisation/summary.md`.")
 
 
+def solver_line(tabular: list[dict], images: list[dict]) -> str:
+    """One line: each level's solvers and steps (per flow, from its discretisation check) and how many
+    flows' checks passed; every flow's own line is ``solver["line"]`` in ``report.json``."""
+    parts = []
+    for title, rows in (("tabular", tabular), ("images", images)):
+        ss = [r["solver"] for r in rows if r.get("solver")]
+        if not ss:
+            continue
+        counts: dict[str, int] = {}
+        for s in ss:
+            key = f"{s['method']} {s['steps']} steps"
+            counts[key] = counts.get(key, 0) + 1
+        passed = sum(bool(s["check"].get("converged")) for s in ss)
+        chosen = "; ".join(f"{k} ({n} flow{'s' if n > 1 else ''})" for k, n in counts.items())
+        parts.append(f"{title}: {chosen}, check passed for {passed}/{len(ss)}, chosen by {ss[0]['chosen_by']}")
+    if not parts:
+        return ""
+    return ("**Solver** (per flow; discretisation check: the responses' correlation at N vs N/2 steps on a "
+            "paired subsample, within the bootstrap SE): " + "; ".join(parts) + ".")
+
+
 def summary_markdown(tabular: list[dict], images: list[dict]) -> str:
     """The ``summary.md`` body: one table per level."""
     parts = ["Verdict: conditioning on the middle node must lower |Corr| (fork, chain) or raise it "
@@ -142,9 +163,9 @@ def summary_markdown(tabular: list[dict], images: list[dict]) -> str:
         other = _other_table(rows)
         if other:
             parts += [other, ""]
-    line = memorisation_line(tabular, images)
-    if line:
-        parts += [line, ""]
+    for line in (solver_line(tabular, images), memorisation_line(tabular, images)):
+        if line:
+            parts += [line, ""]
     head = headline(tabular, images)
     if head:
         parts += ["## Counts", "", C.markdown_table(["quantity", "value"], [[k, str(v)] for k, v in head.items()]), ""]

@@ -17,12 +17,12 @@ from . import _common as C
 __all__ = ["generate", "split_oracle", "image_responses"]
 
 
-def generate(flow, x0: torch.Tensor, config) -> torch.Tensor:
-    """Samples ``f(x0)`` ``(n, *event)`` by the experiment's solver (``config.method``, ``solver_steps``)."""
+def generate(flow, x0: torch.Tensor, method: str, steps: int) -> torch.Tensor:
+    """Samples ``f(x0)`` ``(n, *event)`` by the flow's solver (chosen by its discretisation check)."""
     from ..solvers import integrate
 
     with torch.no_grad():
-        return C.split_rows(lambda a: integrate(flow, a, method=config.method, steps=config.solver_steps).x, x0)
+        return C.split_rows(lambda a: integrate(flow, a, method=method, steps=steps).x, x0)
 
 
 def split_oracle(velocity, x0: torch.Tensor, probes: torch.Tensor, **kw: Any):
@@ -55,13 +55,14 @@ def split_oracle(velocity, x0: torch.Tensor, probes: torch.Tensor, **kw: Any):
     return SplitOracle(velocity, x0, probes, **kw)
 
 
-def image_responses(flow, readout, config, x0: torch.Tensor, z: torch.Tensor, *, hold: int | None = None):
+def image_responses(flow, readout, method: str, steps: int, x0: torch.Tensor, z: torch.Tensor, *,
+                    hold: int | None = None):
     """``Δy = J_{C∘f}(x0) z`` ``(n, 3)`` with the read-out's outputs ``(n, 3)`` and the samples ``f(x0)``;
     with ``hold = k`` the hold-fixed responses alone (probes orthogonal to ``∇(C_k∘f)``)."""
     from ..dependence import hold_fixed_responses
     from ..jvp import attribute_jvp
 
-    kw = dict(classifier=readout, method=config.method, steps=config.solver_steps)
+    kw = dict(classifier=readout, method=method, steps=steps)
     if hold is not None:
         return hold_fixed_responses(flow, x0, z, hold, batch_size=64, **kw).responses
     res = attribute_jvp(flow, x0, z, **kw)

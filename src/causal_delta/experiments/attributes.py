@@ -85,7 +85,17 @@ class AttributesConfig(C.SizedConfig):
         classifier_checkpoint: reuse a classifier trained by ``causal-delta classifier train``.
         classifier_arch, classifier_weights, classifier_steps, classifier_batch_size,
         classifier_lr: classifier training (weights: a local ImageNet file for the ResNet).
-        method, solver_steps: ODE solver of the generator and its JVP.
+        method, solver_steps: ODE solver of the generator (its JVPs, hold-fixed probes and samples).
+            ``"auto"`` (default) chooses solver and steps with
+            :func:`causal_delta.discretisation.choose_steps` on the experiment's own statistic — the
+            correlation of the classifier's responses ``Δy`` on the run's ``(x0, z)`` — doubling the
+            steps from ``solver_steps`` until the half-steps check passes; a solver name uses
+            ``solver_steps`` as given. Either way the check is reported (``results["solver"]``, one
+            line in summary.md). The hold-fixed memory grows with the steps chosen.
+        max_solver_steps: the most steps ``"auto"`` may choose (the doubling stops there; when no solver
+            passes by then the closest check is used and the summary says so); it bounds the
+            hold-fixed memory, which grows with the velocity evaluations.
+        check_samples: paired samples recomputed at half the steps by the check.
         n_samples: ``(x0, z)`` pairs; jvp_batch_size: samples per JVP call.
         condition_quantile: kept fraction when conditioning on small ``|Δy_k|``.
         sweep_quantiles: kept fractions of the threshold sweep.
@@ -118,8 +128,10 @@ class AttributesConfig(C.SizedConfig):
     classifier_steps: int = 10_000
     classifier_batch_size: int = 128
     classifier_lr: float = 1e-3
-    method: str = "midpoint"
+    method: str = "auto"
     solver_steps: int = 50
+    check_samples: int = 256
+    max_solver_steps: int = 100
     n_samples: int = 10_000
     jvp_batch_size: int = 100
     condition_quantile: float = 0.17
@@ -138,8 +150,8 @@ class AttributesConfig(C.SizedConfig):
         classifier_attributes=("Heavy_Makeup", "Pointy_Nose", "Rosy_Cheeks"), image_size=32, limit=5000,
         eval_limit=1000, preset="unet-small", overrides=(("base_channels", 8),), lr=2e-3, train_steps=1000,
         batch_size=32, ema_decay=None, classifier_arch="small-cnn", classifier_steps=300, classifier_batch_size=64,
-        classifier_lr=3e-3, solver_steps=10, n_samples=500, jvp_batch_size=250, hold_fixed_samples=200,
-        hold_fixed_chunk=25, fidelity_images=500, n_boot=200, device="cpu", size="quick")
+        classifier_lr=3e-3, solver_steps=10, max_solver_steps=40, n_samples=500, jvp_batch_size=250,
+        hold_fixed_samples=200, hold_fixed_chunk=25, fidelity_images=500, n_boot=200, device="cpu", size="quick")
 
 
 def top_share(values: Any, fraction: float = 0.01) -> float:
@@ -287,18 +299,23 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"classifier {clf_path} does not take {event} images: {exc}") from exc
 
+    with C.seeded(config.seed + 1) as gen:
+        x0 = torch.randn(config.n_samples, *event, generator=gen)
+        z = make_probes(config.n_samples, event, probes=1, normalize=True, generator=gen)[:, 0]
+    with timer("steps"):  # checked on the reported statistic: the correlation of the classifier's responses
+        solver = C.choose_solver(flow, x0.to(device), z.to(device), method=config.method, steps=config.solver_steps,
+                                 max_steps=config.max_solver_steps,
+                                 subsample=config.check_samples, n_boot=config.n_boot, seed=config.seed,
+                                 progress=progress, classifier=clf, batch_size=config.jvp_batch_size)
+    method, steps = solver["method"], solver["steps"]
     with timer("jvp"):
-        with C.seeded(config.seed + 1) as gen:
-            x0 = torch.randn(config.n_samples, *event, generator=gen)
-            z = make_probes(config.n_samples, event, probes=1, normalize=True, generator=gen)[:, 0]
-
         def jvp_block(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
             dys, gens, outs = [], [], []
             chunks = range(0, a.shape[0], config.jvp_batch_size)
             for s in C.progress(chunks, desc="attributes: JVP of classifier∘flow", enabled=progress):
                 e = s + config.jvp_batch_size
                 res = attribute_jvp(flow, a[s:e].to(device), b[s:e].to(device),
-                                    classifier=clf, method=config.method, steps=config.solver_steps,
+                                    classifier=clf, method=method, steps=steps,
                                     batch_size=config.jvp_batch_size)
                 dys.append(res.responses.cpu())
                 gens.append(res.samples.cpu())
@@ -317,7 +334,7 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
                                 enabled=progress):
                 e = s + config.hold_fixed_chunk
                 res = hold_fixed_responses(flow, a[s:e].to(device), b[s:e].to(device), 0, classifier=clf,
-                                           method=config.method, steps=config.solver_steps,
+                                           method=method, steps=steps,
                                            batch_size=config.hold_fixed_chunk)
                 hfs.append(res.responses.cpu())
             return torch.cat(hfs)
@@ -357,6 +374,7 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
             "fidelity": {"generated": _classifier_stats(gen_logits), "real_held_out": _classifier_stats(real_logits),
                          "label_positive_rate_train": labels.mean(0).tolist()},
             "classifier": {"path": str(clf_path), "held_out": (clf_report or {}).get("held_out")},
+            "solver": solver,
             "flow": {"checkpoint": config.flow_checkpoint, "train_steps": len(losses),
                      "final_loss_mean_last_50": float(np.mean(losses[-50:])) if losses else None},
         }
@@ -444,7 +462,7 @@ def _summary(results: dict[str, Any], config: AttributesConfig) -> str:
         f"Triple: common cause {k}, pair {i} & {j}; {config.n_samples} samples, {config.image_size}x"
         f"{config.image_size} images, one unit-norm Gaussian probe per sample.", "", table, "", fid_table, "",
         f"Share of the second moment carried by the top 1 % of samples: {tails}.", "", clf_line,
-        _graph_line(results["graphs"]), ""])
+        _graph_line(results["graphs"]), "", results["solver"]["line"], ""])
 
 
 def _graph_line(graphs: dict[str, Any]) -> str:

@@ -26,7 +26,8 @@ and correlations on generated vs training images — and the read-out's own erro
 held-out SCM scenes). Graphs: PC on the labels (Fisher-z) and JVP-PC (the conditioned JVP
 correlation as CI test) against the true graph (SHD). Every flow also gets the memorisation
 diagnostic (own-pair / nearest-copy ratio / Jacobian rank, :data:`MEMORISATION_ROWS`), one line
-in ``summary.md``.
+in ``summary.md``; every flow's solver and steps come from its own discretisation check (one line
+in ``summary.md``, ``solver`` in its entry).
 
 Under ``torchrun``: the flows train with DDP; each seed's read-out (not DDP-aware, it writes
 checkpoints) is trained by rank 0 alone and broadcast; each rank integrates its block of the
@@ -80,7 +81,18 @@ class KnownGraphsConfig(C.SizedConfig):
         image_rows: SCM scenes rendered for the data correlations and the fidelity statistics.
         image_probes: ``(x0, z)`` pairs for the image responses; hold_fixed_samples: of them,
             how many get hold-fixed probes (one reverse pass through the solver each).
-        method, solver_steps: the ODE solver of the generator.
+        method, solver_steps: the ODE solver of each flow (its responses, hold-fixed probes, samples and
+            memorisation diagnostic). ``"auto"`` (default) chooses solver and steps per flow with
+            :func:`causal_delta.discretisation.choose_steps` on that flow's own statistic — the
+            correlation of its responses (identity read-out for the tabular twin, the scene read-out
+            for images) on its ``(x0, z)`` — doubling the steps from ``solver_steps`` until the
+            half-steps check passes; a solver name uses ``solver_steps`` as given. Either way each
+            flow's check is reported (``solver`` in its entry, one line in summary.md).
+        max_solver_steps: the most steps ``"auto"`` may choose (the doubling stops there; when no solver
+            passes by then the closest check is used and the summary says so). The quick image flow
+            (x1-prediction, 60 training steps) does not pass below 512 RK4 steps: its velocity
+            ``(x̂1 - x) / max(1 - t, 1e-3)`` is stiff near ``t = 1``.
+        check_samples: paired samples recomputed at half the steps by each check.
         quantile: kept fraction when conditioning on small ``|Δy_k|``.
         n_boot: bootstrap replicates; alpha: PC significance level.
         memorisation: run the memorisation diagnostic on every flow (the summary's one line);
@@ -119,8 +131,10 @@ class KnownGraphsConfig(C.SizedConfig):
     image_rows: int = 3000
     image_probes: int = 1000
     hold_fixed_samples: int = 400
-    method: str = "midpoint"
+    method: str = "auto"
     solver_steps: int = 12
+    check_samples: int = 256
+    max_solver_steps: int = 96
     quantile: float = 0.05
     n_boot: int = 1000
     alpha: float = 0.01
@@ -134,7 +148,7 @@ class KnownGraphsConfig(C.SizedConfig):
         image_graphs=("fork",), image_seeds=(0,), image_size=16, image_steps=60,
         image_overrides=(("hidden", 64), ("depth", 2), ("time_embed", 16)), readout_steps=60, readout_width=8,
         readout_train=600, image_rows=1000, image_probes=128, hold_fixed_samples=32, solver_steps=8, n_boot=100,
-        size="quick")
+        max_solver_steps=32, size="quick")
 
 
 def role_assignment(dag, attributes, seed: int) -> tuple[tuple[str, ...], str]:
@@ -219,26 +233,38 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) ->
             with C.seeded(seed + 1) as gen:
                 x0 = torch.randn(config.tabular_probes, scm.dim, generator=gen)
                 z = torch.randn(config.tabular_probes, 1, scm.dim, generator=gen)
+            with timer("tabular_solver"):  # identity read-out: the statistic is the responses' correlation
+                solver = _choose_solver(flow, x0, z, config, seed, progress, batch_size=1024)
+            method, steps = solver["method"], solver["steps"]
             with timer("tabular_estimators"):
                 # identity read-out; hold-fixed gradients by forward mode (d is small)
-                oracle = R.split_oracle(flow, x0, z, features=list(range(scm.dim)), method=config.method,
-                                         steps=config.solver_steps, gradient_mode="forward", batch_size=1024)
+                oracle = R.split_oracle(flow, x0, z, features=list(range(scm.dim)), method=method,
+                                         steps=steps, gradient_mode="forward", batch_size=1024)
                 dy = oracle.responses()
                 hold = None
                 if len(dag.nodes) == 3 and len(dag.edges) == 2:
                     hold = oracle.responses((scm.index(middle_node(dag)[3]),))
                 entry = _graph_entry(dag, scm.names, dy, data, config, hold=hold, seed=seed, oracle=oracle)
-            samples = R.generate(flow, x0, config)
+            samples = R.generate(flow, x0, method, steps)
             memorisation = None
             if config.memorisation:
                 with timer("tabular_memorisation"):
                     memorisation = C.memorisation_check(
                         flow, data[:MEMORISATION_ROWS].float(), out / "tabular" / name / "memorisation",
-                        method=config.method, steps=config.solver_steps, seed=seed, n_fresh=1000)
+                        method=method, steps=steps, seed=seed, n_fresh=1000)
             entry.update(level="tabular", name=graph, seed=seed, final_loss=float(np.mean(losses[-100:])),
-                         generated_corr=_corr(samples), data_corr_matrix=_corr(data), memorisation=memorisation)
+                         generated_corr=_corr(samples), data_corr_matrix=_corr(data), memorisation=memorisation,
+                         solver=solver)
             rows.append(entry)
     return rows
+
+
+def _choose_solver(flow, x0, z, config: KnownGraphsConfig, seed: int, progress: bool, **readout) -> dict[str, Any]:
+    """One flow's solver and steps (:func:`._common.choose_solver`) on its own ``(x0, z)`` and read-out."""
+    return C.choose_solver(flow, x0, z, method=config.method, steps=config.solver_steps,
+                           max_steps=config.max_solver_steps,
+                           subsample=config.check_samples, n_boot=config.n_boot, seed=seed,
+                           progress=progress, **readout)
 
 
 def _corr(x) -> list:
@@ -291,10 +317,13 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
                 z = torch.randn(config.image_probes, *src.event_shape, generator=gen)
             k = attrs.index(middle)
             nh = min(config.hold_fixed_samples, config.image_probes)
+            with timer("images_solver"):  # the statistic: the correlation of the read-out's responses
+                solver = _choose_solver(flow, x0, z, config, seed, progress, classifier=readout)
+            method, steps = solver["method"], solver["steps"]
             with timer("images_jvp"):  # under torchrun: this rank's (x0, z) pairs, then gathered
-                dy, outputs, generated = C.split_rows(partial(R.image_responses, flow, readout, config), x0, z)
+                dy, outputs, generated = C.split_rows(partial(R.image_responses, flow, readout, method, steps), x0, z)
             with timer("images_hold_fixed"):
-                hold = C.split_rows(partial(R.image_responses, flow, readout, config, hold=k), x0[:nh], z[:nh])
+                hold = C.split_rows(partial(R.image_responses, flow, readout, method, steps, hold=k), x0[:nh], z[:nh])
             rename = dict(zip(dag.nodes, assign))
             true = DAG(attrs, [(rename[a], rename[b]) for a, b in dag.edges])  # over the read-out's columns
             with timer("images_estimators"):
@@ -304,13 +333,13 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
                 with timer("images_memorisation"):
                     memorisation = C.memorisation_check(
                         flow, real[:MEMORISATION_ROWS], out / "images" / name / "memorisation",
-                        method=config.method, steps=config.solver_steps, seed=seed, n_fresh=500)
+                        method=method, steps=steps, seed=seed, n_fresh=500)
             gen_out = outputs.double()
             r2 = 1 - ((pred - u) ** 2).mean(0) / u.var(0)
             gap = np.abs(np.array(_corr(gen_out)) - np.array(_corr(pred)))
             entry.update(level="images", name=graph, seed=seed, assignment=rename,
                          final_loss=float(np.mean(losses[-100:])), readout=readout_info, readout_r2_scm=r2.tolist(),
-                         memorisation=memorisation,
+                         memorisation=memorisation, solver=solver,
                          fidelity={"labels": _stats(u), "readout_on_training_images": _stats(pred),
                                    "readout_on_generated": _stats(gen_out), "corr_gap_max": float(gap.max()),
                                    "std_ratio_generated_vs_training": (gen_out.std(0) / pred.std(0)).tolist()})

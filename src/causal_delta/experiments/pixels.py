@@ -3,8 +3,9 @@ r"""Section 6.3 / Table 5: JVP pixel correlations of an image flow against empir
 A UNet is trained by flow matching on one class of real images (paper: MNIST fives, UNet base
 64, mult (1, 2, 4, 8, 16), AdamW 2e-4, batch 64, 10,001 steps). Then ``n_samples`` source
 points ``x0 ~ N(0, I)`` and Gaussian probes ``z ~ N(0, I)`` give, by forward mode through the
-solver, the responses ``Δ = J_f(x0) z`` and the generated images ``f(x0)``. For pixels
-``i, j``:
+solver, the responses ``Δ = J_f(x0) z`` and the generated images ``f(x0)`` (solver and steps
+chosen by the discretisation check of the region's JVP correlation, see :class:`PixelsConfig`).
+For pixels ``i, j``:
 
 - **JVP correlation** (the paper's estimator): ``S_ij / sqrt(S_ii S_jj)`` with the uncentred
   second moment ``S = E[Δ Δᵀ]`` (:func:`causal_delta.dependence.correlation`);
@@ -56,7 +57,8 @@ import torch
 
 from . import _common as C
 
-__all__ = ["PixelsConfig", "run_pixels", "map_pixel_pair", "region_box", "PUBLISHED", "PAPER_PAIR"]
+__all__ = ["PixelsConfig", "run_pixels", "map_pixel_pair", "region_box", "region_features", "PUBLISHED",
+           "PAPER_PAIR"]
 
 PAPER_PAIR = ((14, 8), (15, 8))
 """The paper's pixel pair (row, column) on 28x28 MNIST fives."""
@@ -80,7 +82,15 @@ class PixelsConfig(C.SizedConfig):
         limit: keep at most this many training images.
         preset, overrides: model preset and ``((name, value), ...)`` overrides.
         lr, train_steps, batch_size, ema_decay, device: training (AdamW).
-        method, solver_steps: ODE solver of the generator (and its JVP).
+        method, solver_steps: ODE solver of the generator (its JVPs, samples and memorisation
+            diagnostic). ``"auto"`` (default) chooses solver and steps with
+            :func:`causal_delta.discretisation.choose_steps` on the experiment's own statistic — the
+            JVP correlation of the region's pixels on the run's ``(x0, z)`` — doubling the steps from
+            ``solver_steps`` until the half-steps check passes; a solver name uses ``solver_steps``
+            as given. Either way the check is reported (``results["solver"]``, one line in summary.md).
+        max_solver_steps: the most steps ``"auto"`` may choose (the doubling stops there; when no solver
+            passes by then the closest check is used and the summary says so).
+        check_samples: paired samples recomputed at half the steps by the check.
         n_samples: number of ``(x0, z)`` pairs.
         jvp_batch_size: samples per JVP integration call.
         pixel_pair: the pair in 28x28 coordinates (mapped to the image size, see module doc).
@@ -102,8 +112,10 @@ class PixelsConfig(C.SizedConfig):
     batch_size: int = 64
     ema_decay: float | None = None
     device: str = "auto"
-    method: str = "midpoint"
+    method: str = "auto"
     solver_steps: int = 50
+    check_samples: int = 256
+    max_solver_steps: int = 1024
     n_samples: int = 1000
     jvp_batch_size: int = 250
     pixel_pair: tuple = PAPER_PAIR
@@ -141,6 +153,13 @@ def region_box(pair, side: int, height: int, width: int) -> tuple[int, int, int,
     r0 = int(min(max(round(mr - (side_h - 1) / 2.0), 0), height - side_h))
     c0 = int(min(max(round(mc - (side_w - 1) / 2.0), 0), width - side_w))
     return r0, r0 + side_h, c0, c0 + side_w
+
+
+def region_features(box: tuple[int, int, int, int], width: int) -> list[int]:
+    """Flattened indices (channel 0, row-major inside the box) of the pixels of ``box`` =
+    ``(row0, row1, col0, col1)`` in a ``(C, H, width)`` image: the columns of the region statistics."""
+    r0, r1, c0, c1 = box
+    return [r * width + c for r in range(r0, r1) for c in range(c0, c1)]
 
 
 def _compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, int]:
@@ -188,6 +207,13 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
     with C.seeded(config.seed + 1) as gen:
         x0 = torch.randn(config.n_samples, C_, H, W, generator=gen)
         z = torch.randn(config.n_samples, C_, H, W, generator=gen)
+    with timer("steps"):  # checked on the reported statistic: the JVP correlation of the region's pixels
+        solver = C.choose_solver(flow, x0.to(device), z.to(device), method=config.method, steps=config.solver_steps,
+                                 max_steps=config.max_solver_steps,
+                                 subsample=config.check_samples, n_boot=config.n_boot, seed=config.seed,
+                                 progress=progress, features=region_features((r0, r1, c0, c1), W),
+                                 batch_size=config.jvp_batch_size)
+    method, steps = solver["method"], solver["steps"]
     with timer("jvp"):
         def block(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             xs, dxs = [], []
@@ -195,17 +221,17 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
             for s in C.progress(chunks, desc="pixels: JVP through the solver", enabled=progress):
                 res = jvp_forward(flow, a[s: s + config.jvp_batch_size].to(device),
                                   b[s: s + config.jvp_batch_size].to(device),
-                                  method=config.method, steps=config.solver_steps)
+                                  method=method, steps=steps)
                 xs.append(res.x.cpu())
                 dxs.append(res.jvp.cpu())
             return torch.cat(xs), torch.cat(dxs)
 
         gen_images, delta = C.split_rows(block, x0, z)  # under torchrun: this rank's (x0, z) pairs
     with timer("fd_check"):
-        fd_check = _fd_vs_forward(flow, x0[:4].to(device), z[:4].to(device), config)
+        fd_check = _fd_vs_forward(flow, x0[:4].to(device), z[:4].to(device), method, steps)
     with timer("memorisation"):
-        memorisation = C.memorisation_check(flow, data.images.to(device), out / "memorisation", method=config.method,
-                                            steps=config.solver_steps, seed=config.seed, progress=progress)
+        memorisation = C.memorisation_check(flow, data.images.to(device), out / "memorisation", method=method,
+                                            steps=steps, seed=config.seed, progress=progress)
 
     with timer("statistics"):
         from ..dependence import correlation
@@ -260,6 +286,7 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
         "fd_vs_forward": fd_check,
         "memorisation": memorisation,
         "n_samples": config.n_samples,
+        "solver": solver,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "checkpoint": str(checkpoint),
         "headline": {
@@ -346,7 +373,7 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
     summary = (f"Data: {data.source}, classes {results['dataset']['classes']}, {len(data)} images "
                f"{H}x{W}; pixel pair mapped from the paper's {PAPER_PAIR} to {pa}, {pb}.\n\n" + summary
                + f"\n\nMemorisation diagnostic ({memorisation['verdict']}): {memorisation['line']} "
-               f"(`memorisation/summary.md`).")
+               f"(`memorisation/summary.md`).\n\n" + solver["line"])
     return C.write_report(out, experiment="pixels", paper="Section 6.3, Table 5", config=config,
                           quick=config.size == "quick", results=results, published=PUBLISHED,
                           timer=timer, figures=figures, summary=summary + "\n")
@@ -363,7 +390,7 @@ def _save_tensor(tensor: torch.Tensor, path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _fd_vs_forward(flow, x0, z, config) -> dict[str, float]:
+def _fd_vs_forward(flow, x0, z, method: str, steps: int) -> dict[str, float]:
     """Relative error ||J z (central FD) - J z (forward mode)|| / ||J z (forward mode)|| on the
     trained UNet, same solver and grid, in float32 and in a float64 copy of the model."""
     import copy
@@ -374,8 +401,8 @@ def _fd_vs_forward(flow, x0, z, config) -> dict[str, float]:
     for name, model, dtype in (("float32", flow, torch.float32),
                                ("float64", copy.deepcopy(flow).double(), torch.float64)):
         xa, za = x0.to(dtype), z.to(dtype)
-        fwd = jvp_forward(model, xa, za, method=config.method, steps=config.solver_steps).jvp
-        fd = jvp_fd(model, xa, za, mode="central", method=config.method, steps=config.solver_steps).jvp
+        fwd = jvp_forward(model, xa, za, method=method, steps=steps).jvp
+        fd = jvp_fd(model, xa, za, mode="central", method=method, steps=steps).jvp
         out[f"relative_error_{name}"] = float((fd - fwd).norm() / fwd.norm())
     out["n_samples"] = int(x0.shape[0])
     return out
