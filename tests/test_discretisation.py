@@ -13,6 +13,7 @@ import torch
 from causal_delta.closed_form import GaussianFlow
 from causal_delta.dependence import correlation
 from causal_delta.discretisation import choose_steps, discretisation_check
+from causal_delta.solvers import NFE_PER_STEP
 
 RHO = 0.55
 
@@ -125,3 +126,32 @@ def test_errors(case):
         choose_steps(flow.velocity, x0, z, methods=("heun",))
     with pytest.raises(ValueError, match="chooses 'steps' itself"):
         choose_steps(flow.velocity, x0, z, steps=4)
+
+
+def test_chooser_integrates_all_samples_only_for_the_se_and_the_chosen_check(case):
+    """Trials after the first run on the paired subsample with the first trial's SE; the chosen steps
+    get one full check, equal to calling the check there directly."""
+    flow, x0, z, _ = case
+    rows = []
+
+    def velocity(x, t):
+        rows.append(x.shape[0])
+        return flow.velocity(x, t)
+
+    n, k = x0.shape[0], 400
+    choice = choose_steps(velocity, x0, z, methods=("rk4", "midpoint", "euler"), start=2, max_steps=64,
+                          subsample=k, n_boot=200)
+    trials = [(m, c["steps"]) for m, t in choice.trials.items() for c in t["checks"]]
+    assert len(trials) >= 3
+
+    def solve(rows_, method, steps):  # velocity rows of one solve of rows_ samples
+        return rows_ * NFE_PER_STEP[method] * steps
+
+    expected = sum(solve(k, m, -(-N // 2)) + solve(n if i == 0 else k, m, N) for i, (m, N) in enumerate(trials))
+    expected += solve(n, choice.method, choice.steps) + solve(k, choice.method, -(-choice.steps // 2))
+    assert sum(rows) == expected
+    direct = discretisation_check(flow.velocity, x0, z, method=choice.method, steps=choice.steps, subsample=k,
+                                  n_boot=200)
+    torch.testing.assert_close(choice.check.estimate, direct.estimate, rtol=0, atol=0)
+    torch.testing.assert_close(choice.check.se, direct.se, rtol=0, atol=0)
+    assert choice.check.verdict == direct.verdict and choice.passed == direct.converged

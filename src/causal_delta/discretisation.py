@@ -160,6 +160,7 @@ def discretisation_check(
     n_boot: int = 200,
     seed: int = 0,
     batch_size: int = 256,
+    se: Tensor | None = None,
 ) -> DiscretisationCheck:
     r"""Compare the correlation of JVP responses at ``N`` and ``N / 2`` steps on a paired subsample.
 
@@ -175,6 +176,10 @@ def discretisation_check(
         subsample: number of source points (the first ones, with all their probes) recomputed at
             half the steps; cost ``subsample / n`` of half a run.
         n_boot, seed: bootstrap of the full estimate's standard error (whole samples resampled).
+        se: that standard error ``(m, m)`` when it is already known (:func:`choose_steps` bootstraps
+            it once and reuses it across its trials, since it hardly depends on the steps): then
+            only the subsample is integrated, at both step counts, and ``estimate`` is the
+            subsample's statistic at ``N`` steps.
 
     Returns:
         :class:`DiscretisationCheck`.
@@ -202,25 +207,34 @@ def discretisation_check(
     # the subsample first: attribute_jvp checks the probes' shape before it is used here
     coarse_resp = attribute_jvp(velocity, x0[:k], probes[:k], grid=coarse_grid, **kw).responses.detach().double()
     P = 1 if probes.ndim == x0.ndim else probes.shape[1]
-    if responses is None:
-        responses = attribute_jvp(velocity, x0, probes, grid=fine_grid, **kw).responses
-    responses = responses.detach().double()
-    if responses.ndim != 2 or responses.shape[0] != n * P or responses.shape[1] != coarse_resp.shape[1]:
-        raise ValueError(f"responses must have shape (n·P, m) = ({n * P}, {coarse_resp.shape[1]}) for x0, probes "
-                         f"and the read-out, got {tuple(responses.shape)}")
-    fine = correlation(responses[: k * P])
+    m = coarse_resp.shape[1]
     coarse = correlation(coarse_resp)
-    groups = torch.arange(n).repeat_interleave(P) if P > 1 else None
-    boot = bootstrap(responses, statistic="corr", n_boot=n_boot, seed=seed, groups=groups, interval="percentile")
+    if se is not None:  # a known SE: the paired subsample alone, at N steps too
+        se = torch.as_tensor(se, dtype=torch.float64)
+        if se.shape != (m, m):
+            raise ValueError(f"se must have shape (m, m) = ({m}, {m}) for the read-out, got {tuple(se.shape)}")
+        fine_resp = attribute_jvp(velocity, x0[:k], probes[:k], grid=fine_grid, **kw).responses
+        estimate = fine = correlation(fine_resp.detach().double())
+    else:
+        if responses is None:
+            responses = attribute_jvp(velocity, x0, probes, grid=fine_grid, **kw).responses
+        responses = responses.detach().double()
+        if responses.ndim != 2 or responses.shape[0] != n * P or responses.shape[1] != m:
+            raise ValueError(f"responses must have shape (n·P, m) = ({n * P}, {m}) for x0, probes "
+                             f"and the read-out, got {tuple(responses.shape)}")
+        fine = correlation(responses[: k * P])
+        groups = torch.arange(n).repeat_interleave(P) if P > 1 else None
+        boot = bootstrap(responses, statistic="corr", n_boot=n_boot, seed=seed, groups=groups, interval="percentile")
+        estimate, se = boot.estimate, boot.se
     diff = fine - coarse
-    entries, worst, max_abs, se_w, ratio = _offdiag_compare(boot.estimate, diff, boot.se)
+    entries, worst, max_abs, se_w, ratio = _offdiag_compare(estimate, diff, se)
     if entries == 0:
         verdict = VERDICTS[2]
     else:
         verdict = VERDICTS[0] if ratio <= 1.0 else VERDICTS[1]
     return DiscretisationCheck(
         method=method, steps=N, coarse_steps=coarse_grid.numel() - 1, nfe=nfe_grid + NFE_PER_STEP[method] * N,
-        samples=k, rows=k * P, estimate=boot.estimate, se=boot.se, fine=fine, coarse=coarse, diff=diff,
+        samples=k, rows=k * P, estimate=estimate, se=se, fine=fine, coarse=coarse, diff=diff,
         entries=entries, worst=worst, max_abs_diff=max_abs, se_at_worst=se_w, ratio=ratio, n_boot=n_boot,
         verdict=verdict)
 
@@ -251,7 +265,9 @@ class StepChoice:
         return {"method": self.method, "steps": self.steps, "nfe": self.nfe, "passed": self.passed,
                 "check": self.check.to_dict(), "trials": self.trials,
                 "rule": "per solver, steps doubled from the start until the discretisation check passes "
-                        "(or the cap); the passing solver with the fewest velocity evaluations is chosen"}
+                        "(or the cap); the passing solver with the fewest velocity evaluations is chosen; trials "
+                        "after the first compare on the paired subsample against the first trial's bootstrap SE, "
+                        "and the chosen steps get a full check"}
 
 
 def choose_steps(
@@ -273,6 +289,12 @@ def choose_steps(
     cheapest), so list the high-order solvers first. ``dopri5`` here is the fixed-step
     Dormand–Prince method (6 evaluations per step) on the uniform grid.
 
+    Cost: the first trial integrates all of ``x0`` once and bootstraps the estimate's standard
+    error; the later trials reuse that SE and integrate only the paired subsample (at ``N`` and
+    ``N / 2`` steps), and the chosen solver and steps get one full check at the end (its
+    ``estimate`` and SE are those of all of ``x0`` at the chosen steps; its verdict decides
+    ``passed``).
+
     Args:
         velocity, x0, probes: as for :func:`discretisation_check`.
         check_kwargs: passed on (read-out, ``mode``, ``subsample``, ``n_boot``, ``seed``, ...).
@@ -290,6 +312,8 @@ def choose_steps(
     for bad in ("method", "steps", "grid", "responses"):
         if bad in check_kwargs:
             raise ValueError(f"choose_steps chooses {bad!r} itself; do not pass it")
+    se: Tensor | None = None  # the full estimate's SE, bootstrapped at the first trial
+    first: DiscretisationCheck | None = None
     best: DiscretisationCheck | None = None  # cheapest passing check
     closest: DiscretisationCheck | None = None  # smallest ratio when none passes
     trials: dict[str, dict] = {}
@@ -305,7 +329,9 @@ def choose_steps(
                 stopped = "costlier than a passing choice"
                 break
             grid = time_grid(steps, dtype=x0.dtype, device=x0.device)
-            chk = discretisation_check(velocity, x0, probes, method=method, grid=grid, **check_kwargs)
+            chk = discretisation_check(velocity, x0, probes, method=method, grid=grid, se=se, **check_kwargs)
+            if se is None:
+                se, first = chk.se, chk
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"{method} {steps}: {chk.verdict}")
@@ -326,5 +352,8 @@ def choose_steps(
         bar.close()
     chosen = best if best is not None else closest
     assert chosen is not None  # methods is not empty, and each method's first check set best or closest
-    return StepChoice(method=chosen.method, steps=chosen.steps, nfe=chosen.nfe, passed=best is not None,
-                      check=chosen, trials=trials)
+    if chosen is not first:  # a trial on the subsample alone: the full check at the chosen steps
+        grid = time_grid(chosen.steps, dtype=x0.dtype, device=x0.device)
+        chosen = discretisation_check(velocity, x0, probes, method=chosen.method, grid=grid, **check_kwargs)
+    return StepChoice(method=chosen.method, steps=chosen.steps, nfe=chosen.nfe,
+                      passed=best is not None and chosen.verdict != VERDICTS[1], check=chosen, trials=trials)
