@@ -227,7 +227,9 @@ def test_choose_solver_cap_and_named_solver():
     assert capped["passed"] is False and capped["steps"] == 2 and capped["check"]["converged"] is False
     assert "no solver passed within 2 steps" in capped["chosen_by"] and "not converged" in capped["line"]
     ratios = {m: t["checks"][0]["ratio"] for m, t in capped["trials"].items()}
-    assert capped["check"]["ratio"] == min(ratios.values()) > 1 and capped["method"] == min(ratios, key=ratios.get)
+    # the closest trial's solver, checked in full there (its own SE, not the first trial's: close, not equal)
+    assert capped["method"] == min(ratios, key=ratios.get) and capped["check"]["ratio"] > 1
+    assert capped["check"]["ratio"] == pytest.approx(min(ratios.values()), rel=0.05)
     free = choose_solver(flow.velocity, x0, z, steps=2, subsample=400, n_boot=100, progress=False)
     assert free["passed"] and free["steps"] > 2 and free["chosen_by"] == "discretisation check (choose_steps)"
     named = choose_solver(flow.velocity, x0, z, method="euler", steps=4, subsample=400, n_boot=100, progress=False)

@@ -56,7 +56,10 @@ CASES = {
 }
 REQUIRES = {"pixels": "sklearn", "attributes": "PIL", "known-graphs": "causallearn"}  # optional extras
 
-RTOL, ATOL = 1e-4, 1e-6
+# DDP's averaged gradients move the weights in their last bits (see test_distributed); bootstrap
+# bounds and solver-choice statistics on top of that drift by up to ~1e-4 relative. A wrong shard
+# or a rank computing other rows moves numbers by O(1).
+RTOL, ATOL = 1e-3, 1e-6
 # Measures of float rounding itself (pixels' central FD vs forward mode): when DDP's averaged
 # gradients move the trained weights in their last bits, these errors are redrawn (by up to
 # ~10 %), so they are held to their order of magnitude only.
