@@ -2,12 +2,18 @@
 
 Each experiment writes ``report.json``, PNG figures and ``summary.md`` into ``--out``
 (``all`` writes one sub-folder per experiment plus an index ``report.json`` /
-``summary.md``). ``--quick`` runs the CI-sized configuration (``all --quick`` takes a few
+``summary.md``). ``--quick`` runs the CI-sized configuration (``all --quick`` takes about seven
 minutes on a 2-core CPU); without it the paper's sizes are used, which for ``pixels`` means
 hours of training on a CPU. ``--set key=value`` overrides any field of the experiment's
 config dataclass (e.g. ``--set train_steps=3000``), parsed by the field's annotation
 (:func:`causal_delta.config.apply_overrides`); ``all --set`` applies a key to the experiments
 that have it and refuses a key that none of them knows.
+
+Under ``torchrun --nproc-per-node N -m causal_delta.cli reproduce ...`` every rank runs the
+experiment: flows train with DDP, the per-sample loops (JVPs, hold-fixed probes, sampling) split
+over the ranks and are gathered in sample order, steps that must run once (a classifier with its
+checkpoints, data files) run on rank 0 and share their result, and rank 0 writes; the report is
+the single-process one up to DDP's float rounding (tests/test_reproduce_distributed.py).
 """
 
 from __future__ import annotations
