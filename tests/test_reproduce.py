@@ -201,7 +201,7 @@ def test_cli_bad_settings(tmp_path, capsys):
 
 
 def test_memorisation_verdict_needs_a_material_and_significant_excess_over_real_data():
-    from causal_delta.experiments._common import memorisation_verdict
+    from causal_delta.experiments._checks import memorisation_verdict
 
     base = {"n_fresh": 182, "n_train": 182, "real_copy_fraction": 0.02}
     assert memorisation_verdict({**base, "copy_fraction": 0.9}) == "memorised"
@@ -217,7 +217,7 @@ def test_choose_solver_cap_and_named_solver():
     """``choose_solver`` on the closed-form Gaussian flow: a cap that no solver passes is said so, the
     closest check is used; a solver name keeps its steps and is still checked; a cap below the start fails."""
     from causal_delta.closed_form import GaussianFlow
-    from causal_delta.experiments._common import choose_solver
+    from causal_delta.experiments._checks import choose_solver
 
     flow = GaussianFlow(torch.tensor([[1.0, 0.55], [0.55, 1.0]], dtype=torch.float64))
     gen = torch.Generator().manual_seed(0)

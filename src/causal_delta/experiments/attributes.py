@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from . import _common as C
+from ._checks import choose_solver
 
 __all__ = ["AttributesConfig", "run_attributes", "PUBLISHED", "top_share"]
 
@@ -303,7 +304,7 @@ def run_attributes(config: AttributesConfig, out_dir: str | os.PathLike | Path, 
         x0 = torch.randn(config.n_samples, *event, generator=gen)
         z = make_probes(config.n_samples, event, probes=1, normalize=True, generator=gen)[:, 0]
     with timer("steps"):  # checked on the reported statistic: the correlation of the classifier's responses
-        solver = C.choose_solver(flow, x0.to(device), z.to(device), method=config.method, steps=config.solver_steps,
+        solver = choose_solver(flow, x0.to(device), z.to(device), method=config.method, steps=config.solver_steps,
                                  max_steps=config.max_solver_steps,
                                  subsample=config.check_samples, n_boot=config.n_boot, seed=config.seed,
                                  progress=progress, classifier=clf, batch_size=config.jvp_batch_size)

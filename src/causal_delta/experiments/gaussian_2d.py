@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import _common as C
+from ._checks import choose_solver
 
 __all__ = ["Gaussian2DConfig", "run_gaussian_2d", "PUBLISHED"]
 
@@ -106,7 +107,7 @@ def run_gaussian_2d(config: Gaussian2DConfig, out_dir: str | os.PathLike, *,
         z = torch.randn(config.n_probe, 2, generator=gen)
 
     with timer("steps"):
-        solver = C.choose_solver(model, x0, z, method=config.method, steps=config.solver_steps,
+        solver = choose_solver(model, x0, z, method=config.method, steps=config.solver_steps,
                                  subsample=config.check_samples, n_boot=config.n_boot, seed=config.seed,
                                  progress=progress)
     method, steps = solver["method"], solver["steps"]

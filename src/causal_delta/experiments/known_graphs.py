@@ -49,6 +49,7 @@ import torch
 
 from . import _common as C
 from . import _known_graphs_responses as R
+from ._checks import choose_solver, memorisation_check
 
 __all__ = ["KnownGraphsConfig", "run_known_graphs", "role_assignment", "MEMORISATION_ROWS"]
 
@@ -56,7 +57,7 @@ MEMORISATION_ROWS = 2000
 """Rows of the reference draw that the memorisation diagnostic compares generated samples with.
 
 The flows here see fresh SCM draws at every step (no finite training set), so the diagnostic
-(:func:`._common.memorisation_check`) compares them with a reference draw instead: copies of it
+(:func:`._checks.memorisation_check`) compares them with a reference draw instead: copies of it
 would mean a collapse onto few modes, and its leave-one-out ratio is the real-data baseline."""
 
 
@@ -249,7 +250,7 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) ->
             memorisation = None
             if config.memorisation:
                 with timer("tabular_memorisation"):
-                    memorisation = C.memorisation_check(
+                    memorisation = memorisation_check(
                         flow, data[:MEMORISATION_ROWS].float(), out / "tabular" / name / "memorisation",
                         method=method, steps=steps, seed=seed, n_fresh=1000)
             entry.update(level="tabular", name=graph, seed=seed, final_loss=float(np.mean(losses[-100:])),
@@ -260,8 +261,8 @@ def _run_tabular(config: KnownGraphsConfig, out: Path, progress: bool, timer) ->
 
 
 def _choose_solver(flow, x0, z, config: KnownGraphsConfig, seed: int, progress: bool, **readout) -> dict[str, Any]:
-    """One flow's solver and steps (:func:`._common.choose_solver`) on its own ``(x0, z)`` and read-out."""
-    return C.choose_solver(flow, x0, z, method=config.method, steps=config.solver_steps,
+    """One flow's solver and steps (:func:`._checks.choose_solver`) on its own ``(x0, z)`` and read-out."""
+    return choose_solver(flow, x0, z, method=config.method, steps=config.solver_steps,
                            max_steps=config.max_solver_steps,
                            subsample=config.check_samples, n_boot=config.n_boot, seed=seed,
                            progress=progress, **readout)
@@ -331,7 +332,7 @@ def _run_images(config: KnownGraphsConfig, out: Path, progress: bool, timer) -> 
             memorisation = None
             if config.memorisation:
                 with timer("images_memorisation"):
-                    memorisation = C.memorisation_check(
+                    memorisation = memorisation_check(
                         flow, real[:MEMORISATION_ROWS], out / "images" / name / "memorisation",
                         method=method, steps=steps, seed=seed, n_fresh=500)
             gen_out = outputs.double()

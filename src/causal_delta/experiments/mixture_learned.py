@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import _common as C
+from ._checks import choose_solver
 
 __all__ = ["MixtureLearnedConfig", "run_mixture_learned", "learned_velocity_jacobian", "PUBLISHED"]
 
@@ -144,7 +145,7 @@ def run_mixture_learned(config: MixtureLearnedConfig, out_dir: str | os.PathLike
         target = mixture.sample(2000, generator=gen)
         probes = torch.randn(x0.shape, generator=gen)
     with timer("steps"):
-        solver = C.choose_solver(model, x0, probes, method=config.method, steps=config.solver_steps,
+        solver = choose_solver(model, x0, probes, method=config.method, steps=config.solver_steps,
                                  subsample=config.check_samples, seed=config.seed, progress=progress)
     with timer("sampling"):
         generated = C.split_rows(lambda a: sample(model, a, method=solver["method"], steps=solver["steps"]),

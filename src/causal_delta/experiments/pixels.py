@@ -35,7 +35,7 @@ Memorisation: the trained flow also gets the diagnostic of
 ``summary.md``: own-pair — for this independent coupling, the share of fresh samples that copy
 one training image, ``d_1/d_2 < 1/3`` — / median nearest-copy ratio / Jacobian rank), each
 beside the same statistic for the training images themselves (leave-one-out), and the verdict
-"memorised" or "not memorised" of :func:`._common.memorisation_verdict`.
+"memorised" or "not memorised" of :func:`._checks.memorisation_verdict`.
 
 Figures: ``derivative.png`` (the "derivative image" ``J z`` of Figure 3, with ``x0``, ``z``
 and ``f(x0)``), ``scatter.png`` (JVP vs empirical entries), ``corr_maps.png`` (correlation of
@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from . import _common as C
+from ._checks import choose_solver, memorisation_check
 
 __all__ = ["PixelsConfig", "run_pixels", "map_pixel_pair", "region_box", "region_features", "PUBLISHED",
            "PAPER_PAIR"]
@@ -208,7 +209,7 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
         x0 = torch.randn(config.n_samples, C_, H, W, generator=gen)
         z = torch.randn(config.n_samples, C_, H, W, generator=gen)
     with timer("steps"):  # checked on the reported statistic: the JVP correlation of the region's pixels
-        solver = C.choose_solver(flow, x0.to(device), z.to(device), method=config.method, steps=config.solver_steps,
+        solver = choose_solver(flow, x0.to(device), z.to(device), method=config.method, steps=config.solver_steps,
                                  max_steps=config.max_solver_steps,
                                  subsample=config.check_samples, n_boot=config.n_boot, seed=config.seed,
                                  progress=progress, features=region_features((r0, r1, c0, c1), W),
@@ -230,7 +231,7 @@ def run_pixels(config: PixelsConfig, out_dir: str | os.PathLike, *, progress: bo
     with timer("fd_check"):
         fd_check = _fd_vs_forward(flow, x0[:4].to(device), z[:4].to(device), method, steps)
     with timer("memorisation"):
-        memorisation = C.memorisation_check(flow, data.images.to(device), out / "memorisation", method=method,
+        memorisation = memorisation_check(flow, data.images.to(device), out / "memorisation", method=method,
                                             steps=steps, seed=config.seed, progress=progress)
 
     with timer("statistics"):
