@@ -55,6 +55,18 @@ def _best(fn, repeats):
     return min(fn_times)
 
 
+def _interleaved_best(calls, repeats):
+    """Seconds per call, minimum over ``repeats`` rounds that run every call once in turn (after a warm-up)."""
+    best = {k: float("inf") for k in calls}
+    with torch.no_grad():
+        for fn in calls.values():  # warm-up
+            fn()
+        for _ in range(repeats):
+            for k, fn in calls.items():
+                best[k] = min(best[k], _best(fn, 1))
+    return best
+
+
 def step_ratios(model, batch, method, repeats, routes=("forward_jvp", "func.jvp", "central_fd")):
     """Seconds of one plain step and JVP/plain ratios per route.
 
@@ -75,13 +87,7 @@ def step_ratios(model, batch, method, repeats, routes=("forward_jvp", "func.jvp"
             aug = _batched(_augmented_velocity(model, batch, route == "forward_jvp"))
             s = torch.cat([x, z])
             calls[route] = lambda aug=aug, s=s: step(method, aug, s, t, h)
-    best = {k: float("inf") for k in calls}
-    with torch.no_grad():
-        for fn in calls.values():  # warm-up
-            fn()
-        for _ in range(repeats):
-            for k, fn in calls.items():
-                best[k] = min(best[k], _best(fn, 1))
+    best = _interleaved_best(calls, repeats)
     out = {"plain_s": best["plain"]}
     out.update({k: best[k] / best["plain"] for k in routes})
     return out
@@ -117,13 +123,7 @@ def probes_per_sample(model, total, repeats, routes=("forward_jvp", "func.jvp"))
             aug = _batched(_augmented_velocity(model, B, route == "forward_jvp"))
             s = torch.cat([x, z])
             calls[f"{route}, P={P}"] = lambda aug=aug, s=s: step("euler", aug, s, t, h)
-    best = {k: float("inf") for k in calls}
-    with torch.no_grad():
-        for fn in calls.values():  # warm-up
-            fn()
-        for _ in range(repeats):
-            for k, fn in calls.items():
-                best[k] = min(best[k], _best(fn, 1))
+    best = _interleaved_best(calls, repeats)
     return {k: v / total for k, v in best.items()}
 
 

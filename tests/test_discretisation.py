@@ -155,3 +155,29 @@ def test_chooser_integrates_all_samples_only_for_the_se_and_the_chosen_check(cas
     torch.testing.assert_close(choice.check.estimate, direct.estimate, rtol=0, atol=0)
     torch.testing.assert_close(choice.check.se, direct.se, rtol=0, atol=0)
     assert choice.check.verdict == direct.verdict and choice.passed == direct.converged
+
+
+def test_chooser_verifies_a_passing_trial_on_all_samples_and_falls_back_to_the_next(monkeypatch):
+    """A trial can pass on the first trial's SE and fail its full check (its own SE): the next
+    cheapest passing trial is then checked, and chosen when it passes."""
+    import causal_delta.discretisation as D
+
+    calls = []
+
+    def fake(velocity, x0, probes, *, method, grid, se=None, **kw):
+        steps = grid.numel() - 1
+        calls.append((method, steps, se is None))
+        trial_ratio = {("rk4", 2): 3.0, ("midpoint", 2): 0.5, ("euler", 2): 0.9}[(method, steps)]
+        ratio = 1.2 if (method, steps) == ("euler", 2) and se is None else trial_ratio  # fails on its own SE
+        z = torch.zeros(2, 2)
+        return D.DiscretisationCheck(method=method, steps=steps, coarse_steps=1, nfe=D.NFE_PER_STEP[method] * steps,
+                                     samples=2, rows=2, estimate=z, se=z, fine=z, coarse=z, diff=z, entries=1,
+                                     worst=(0, 1), max_abs_diff=0.0, se_at_worst=1.0, ratio=ratio, n_boot=1,
+                                     verdict="converged" if ratio <= 1 else "not converged")
+
+    monkeypatch.setattr(D, "discretisation_check", fake)
+    choice = D.choose_steps(None, torch.zeros(4, 2), torch.zeros(4, 2), start=2, max_steps=2)
+    assert (choice.method, choice.steps, choice.passed) == ("midpoint", 2, True)
+    # trials: rk4 (all samples, the SE), midpoint, euler on the subsample; full checks: euler (fails), midpoint
+    assert calls == [("rk4", 2, True), ("midpoint", 2, False), ("euler", 2, False), ("euler", 2, True),
+                     ("midpoint", 2, True)]

@@ -124,7 +124,7 @@ def train_classifier(
     from .checkpoint import load_checkpoint, save_checkpoint
     from .models import build_classifier
     from .training import learning_rate, resolve_device
-    from .training._resume import check_resumable, find_resume, rng_state, set_rng_state
+    from .training._resume import check_resumable, find_resume, restore_train_state, rng_state
     from .training.loop import record_step
 
     config.validate()
@@ -164,13 +164,7 @@ def train_classifier(
         step = 0
         last_ckpt: Path | None = None
         if ckpt is not None:
-            net.load_state_dict(ckpt.model_state)
-            optimizer.load_state_dict(ckpt.train_state["optimizer"])
-            generator.set_state(ckpt.train_state["generator"])
-            set_rng_state(ckpt.train_state["rng"])
-            losses = [float(x) for x in ckpt.train_state["losses"]]
-            step = ckpt.step
-            last_ckpt = ckpt.path
+            losses, step, last_ckpt = restore_train_state(ckpt, net, optimizer, generator)
         resumed_from = step
 
         def checkpoint() -> Path:

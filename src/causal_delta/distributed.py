@@ -255,7 +255,8 @@ def map_rows(fn: Callable[[range], Any], n: int) -> Any:
         fn: maps a contiguous ``range`` of global row indices to a tensor, or a tuple / list of
             tensors, each with ``len(rows)`` rows (dim 0); tensors stay on their device (gloo
             gathers CPU tensors, NCCL CUDA tensors).
-        n: number of rows in all, at least the number of processes (every rank gets a row).
+        n: number of rows in all (>= 1). With fewer rows than processes every rank computes
+            all of them (``fn(range(n))``, no gather): each rank still ends with the same rows.
 
     Returns:
         ``fn(range(n))``'s layout: a tensor ``(n, ...)``, or a tuple of them.
@@ -267,9 +268,10 @@ def map_rows(fn: Callable[[range], Any], n: int) -> Any:
     """
     import torch
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < world_size():
-        raise ValueError(f"n must be an integer >= the number of processes ({world_size()}), got {n!r}")
-    rows = shard(n)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    split = n >= world_size()  # every rank decides alike: all of them take part in the gathers, or none
+    rows = shard(n) if split else range(n)
     out = fn(rows)
     parts = tuple(out) if isinstance(out, (tuple, list)) else (out,)
     for k, part in enumerate(parts):
@@ -277,6 +279,8 @@ def map_rows(fn: Callable[[range], Any], n: int) -> Any:
             what = f"a {type(part).__name__}" if not isinstance(part, torch.Tensor) else f"shape {tuple(part.shape)}"
             raise ValueError(f"map_rows: fn(rows) must return tensors with len(rows) = {len(rows)} rows in dim 0; "
                              f"result {k} has {what}")
+    if not split:
+        return out
     gathered = tuple(all_gather(p) for p in parts)
     return gathered if isinstance(out, (tuple, list)) else gathered[0]
 

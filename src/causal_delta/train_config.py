@@ -148,14 +148,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
-        d = dict(d)
+        d = _known_fields(cls, d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+def _known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``d`` (a config read back from a checkpoint), refused if it names a field ``cls`` lacks."""
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}")
+    return dict(d)
 
 
 @dataclass
@@ -264,7 +268,4 @@ class ClassifierTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassifierTrainConfig:
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown ClassifierTrainConfig field(s) {unknown}")
-        return cls(**d)
+        return cls(**_known_fields(cls, d))

@@ -213,7 +213,7 @@ def _sample_rows(flow, x0: Tensor, *, method: str, steps: int, progress: bool) -
     from .. import distributed as dist
     from ..solvers import sample
 
-    if dist.world_size() == 1 or x0.shape[0] < dist.world_size():
+    if dist.world_size() == 1:
         return sample(flow, x0, method=method, steps=steps, progress=progress)
 
     def block(rows: range) -> Tensor:  # gathered on the CPU: gloo does not take CUDA tensors

@@ -28,6 +28,7 @@ import torch
 from .. import distributed as _dist
 from .. import report as _report
 from .._version import __version__
+from ..distributed import on_main  # steps one process does alone (a classifier, a data file), result shared
 
 __all__ = [
     "SizedConfig",
@@ -330,17 +331,4 @@ def split_rows(fn: Callable[..., Any], *tensors: torch.Tensor) -> Any:
         out = fn(*(t[rows.start:rows.stop] for t in tensors))
         return tuple(o.detach().cpu() for o in out) if isinstance(out, (tuple, list)) else out.detach().cpu()
 
-    if n < dist.world_size():  # too few rows to give every rank one: each rank computes them all
-        return block(range(n))
     return dist.map_rows(block, n)
-
-
-def on_main(fn: Callable[[], Any]) -> Any:
-    """``fn()`` on rank 0 alone, its result on every rank (:func:`causal_delta.distributed.on_main`).
-
-    For steps that write files the other ranks then read, or that would race on one folder: a
-    classifier trained with its checkpoints, a data file handed to the training loop.
-    """
-    from .. import distributed as dist
-
-    return dist.on_main(fn)

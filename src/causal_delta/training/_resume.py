@@ -9,7 +9,7 @@ import torch
 
 from .config import FIELD_DEFAULTS_BEFORE, RESUMABLE_CHANGES
 
-__all__ = ["check_resumable", "find_resume", "rng_state", "set_rng_state"]
+__all__ = ["check_resumable", "find_resume", "restore_train_state", "rng_state", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -25,6 +25,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_train_state(ckpt, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        generator: torch.Generator) -> tuple[list[float], int, Path]:
+    """Load a checkpoint's weights, optimiser, data generator and global RNG states in place.
+
+    The part of resuming that the flow and read-out trainers share (each then restores its own
+    extras, e.g. the flow's EMA weights). Returns ``(losses, step, checkpoint path)``.
+    """
+    module.load_state_dict(ckpt.model_state)
+    optimizer.load_state_dict(ckpt.train_state["optimizer"])
+    generator.set_state(ckpt.train_state["generator"])
+    set_rng_state(ckpt.train_state["rng"])
+    return [float(x) for x in ckpt.train_state["losses"]], ckpt.step, ckpt.path
 
 
 def find_resume(config, resume: bool | str | Path) -> Path | None:

@@ -59,7 +59,7 @@ from ._inputs import (
     make_source,
     model_record,
 )
-from ._resume import check_resumable, find_resume, rng_state, set_rng_state
+from ._resume import check_resumable, find_resume, restore_train_state, rng_state
 from .config import TrainConfig, learning_rate
 from .loss import flow_matching_loss, sample_t
 
@@ -294,15 +294,9 @@ def train(
         if resume_path is not None:
             ckpt = load_checkpoint(resume_path)
             check_resumable(config, ckpt.train_config, ckpt.path, ckpt.step, extend)
-            module.load_state_dict(ckpt.model_state)
-            optimizer.load_state_dict(ckpt.train_state["optimizer"])
+            losses, step, last_ckpt = restore_train_state(ckpt, module, optimizer, generator)
             if ema is not None and ckpt.ema_state is not None:  # the config check matched ema_decay
                 ema = {k: v.to(device) for k, v in ckpt.ema_state.items()}
-            generator.set_state(ckpt.train_state["generator"])
-            set_rng_state(ckpt.train_state["rng"])
-            losses = [float(x) for x in ckpt.train_state["losses"]]
-            step = ckpt.step
-            last_ckpt = ckpt.path
         resumed_from = step
         net = module
         if world > 1:  # gradients averaged over ranks during backward
